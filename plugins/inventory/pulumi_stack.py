@@ -1,0 +1,549 @@
+# Copyright (c) rayops contributors
+# Apache License 2.0 (see pyproject.toml)
+"""Ansible inventory plugin: the nodes of a rayops cluster, read from its Pulumi stack outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ansible.errors import AnsibleParserError
+from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+
+try:
+    from rayops.contract import ContractError, head, load_schema, validate
+except ImportError as _exc:  # reported by parse(), which knows the config file's name
+    _CONTRACT_IMPORT_ERROR: ImportError | None = _exc
+else:
+    _CONTRACT_IMPORT_ERROR = None
+
+DOCUMENTATION = r"""
+name: pulumi_stack
+short_description: rayops cluster nodes from Pulumi stack outputs
+description:
+  - Turns the outputs of a rayops stack (stack-output contract v1, see C(rayops/contract.schema.json))
+    into Ansible hosts, one per node, named by the node's C(name).
+  - The head goes into group C(ray_head), the workers into C(ray_workers); both groups are children of
+    C(ray_cluster). Both groups exist even when they are empty.
+  - Every host gets C(ansible_host), C(ansible_user), C(ray_node_ip) (its private IP), C(ray_head_ip)
+    (the head's private IP), C(rayops_buckets), C(s3_endpoint_url), C(rayops_cluster_name),
+    C(rayops_provider), C(rayops_region), C(rayops_node_role), C(rayops_instance_id),
+    C(rayops_instance_type), C(rayops_private_ip) and C(rayops_public_ip).
+  - When the outputs carry C(ssh_private_key_file) the hosts get C(ansible_ssh_private_key_file); when they
+    carry C(ssh_known_hosts_file) the hosts get C(ansible_ssh_common_args) that pin that known-hosts file with
+    strict host key checking. Relative paths in the outputs resolve against the folder of the outputs file,
+    the state file, or the Pulumi project.
+  - The outputs come from exactly one source per configuration file, O(outputs_file), O(stack) with
+    O(project_dir), or O(state_file).
+  - The configuration file must be named C(pulumi_stack.yml) or end with C(.pulumi_stack.yml)
+    (or C(.yaml)).
+  - Only the keys of the contract are kept (also in the inventory cache); any other stack output, secret or
+    not, never reaches the inventory.
+author:
+  - rayops contributors
+requirements:
+  - the C(rayops) package installed next to ansible-core (C(make setup))
+  - the Pulumi CLI, logged in to the stack's backend, only when O(stack) is used
+extends_documentation_fragment:
+  - constructed
+  - inventory_cache
+options:
+  plugin:
+    description: Marks this file as a configuration file of this plugin.
+    required: true
+    type: str
+    choices: ['pulumi_stack']
+  outputs_file:
+    description:
+      - A JSON file holding the stack outputs, as written by the local cloud
+        (C(.rayops/local/outputs.json)) or by C(pulumi stack output --json --show-secrets > FILE).
+      - A relative path resolves against the folder of this configuration file.
+    type: str
+  stack:
+    description:
+      - The Pulumi stack to read, for example C(dev) or C(myorg/rayops/dev). The plugin runs
+        C(pulumi stack output --json --show-secrets --non-interactive --stack STACK) in O(project_dir).
+      - Requires O(project_dir).
+    type: str
+  project_dir:
+    description:
+      - The folder that holds the stack's C(Pulumi.yaml); used only with O(stack).
+      - A relative path resolves against the folder of this configuration file.
+    type: str
+  state_file:
+    description:
+      - A C(pulumi stack export --show-secrets > FILE) file, read without the Pulumi CLI. The outputs are
+        those of the resource of type C(pulumi:pulumi:Stack).
+      - Secret outputs must be in plaintext; an export with encrypted secrets (C(ciphertext)) is refused.
+      - A relative path resolves against the folder of this configuration file.
+    type: str
+  pulumi_timeout:
+    description: Seconds to wait for the Pulumi CLI (O(stack) only) before giving up.
+    type: int
+    default: 120
+  use_private_ip:
+    description:
+      - Connect to every node on its private IP, for a controller inside the cluster's network.
+      - When V(false), nodes with a public IP are reached on it and the others on their private IP.
+    type: bool
+    default: false
+  jump_via_head:
+    description:
+      - Reach the workers on their private IPs through the head as an SSH jump host
+        (C(-o ProxyJump=USER@HEAD) in C(ansible_ssh_common_args)); the head itself is reached as usual.
+      - When the outputs name an SSH key or a known-hosts file, the jump is written as an equivalent
+        C(ProxyCommand) that passes that key and known-hosts file to the hop too, because C(ssh) applies
+        command-line options to the destination only, never to a C(ProxyJump) host.
+    type: bool
+    default: false
+"""
+
+EXAMPLES = r"""
+# inventory/local.pulumi_stack.yml: the local cloud's outputs (relative to this file)
+plugin: pulumi_stack
+outputs_file: ../.rayops/local/outputs.json
+
+# inventory/aws.pulumi_stack.yml: ask the Pulumi CLI for the outputs of stack "dev";
+# the workers have no public IP, so hop through the head
+plugin: pulumi_stack
+stack: dev
+project_dir: ../pulumi
+jump_via_head: true
+
+# Read an exported state file and add constructed groups and variables
+plugin: pulumi_stack
+state_file: dev-state.json
+strict: true
+keyed_groups:
+  # ray_instance_type_m7i_large, ...
+  - prefix: ray_instance_type
+    key: rayops_instance_type
+groups:
+  # the nodes that answer on a public IP
+  public_nodes: rayops_public_ip is not none
+compose:
+  ray_dashboard_url: "'http://' ~ ray_head_ip ~ ':8265'"
+
+# Cache the outputs for an hour instead of asking the CLI on every run; the cache
+# plugin and its folder come from ansible.cfg (jsonfile in .rayops/facts) unless set
+# here. `ansible-inventory --flush-cache --list` reads the stack again.
+plugin: pulumi_stack
+stack: dev
+project_dir: ../pulumi
+cache: true
+cache_timeout: 3600
+"""
+
+GROUP_CLUSTER = "ray_cluster"
+GROUP_HEAD = "ray_head"
+GROUP_WORKERS = "ray_workers"
+CONFIG_SUFFIXES = (".pulumi_stack.yml", ".pulumi_stack.yaml")
+CONFIG_NAMES = ("pulumi_stack.yml", "pulumi_stack.yaml")
+SOURCE_OPTIONS = ("outputs_file", "stack", "state_file")
+STACK_RESOURCE_TYPE = "pulumi:pulumi:Stack"
+# Pulumi marks a secret value in a state export with this signature key and value.
+SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"  # noqa: S105 (public Pulumi marker, no secret)
+SECRET_SIG_VALUE = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 (public Pulumi marker, no secret)
+# Optional contract key not (yet) in the schema: written by the local cloud.
+KNOWN_HOSTS_KEY = "ssh_known_hosts_file"
+OUTPUT_FIX = (
+    "regenerate it with `pulumi stack output --json --show-secrets > FILE` or restart the local cloud"
+)
+
+
+class SourceError(Exception):
+    """The stack outputs could not be read; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one configuration file takes its outputs from."""
+
+    kind: str  # "outputs_file", "stack" or "state_file"
+    location: Path  # the file, or the Pulumi project folder for "stack"
+    stack: str | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder that relative paths inside the outputs resolve against."""
+        return self.location if self.kind == "stack" else self.location.parent
+
+    def describe(self) -> str:
+        if self.kind == "stack":
+            return f"stack {self.stack!r} in {self.location}"
+        return f"{self.kind} {self.location}"
+
+    def digest(self) -> str:
+        """A short, stable fingerprint of this source, part of the cache key."""
+        text = f"{self.kind}\0{self.location}\0{self.stack or ''}"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _resolve(path: str, base: Path) -> Path:
+    """``path`` with ``~`` expanded, made absolute against ``base``."""
+    expanded = Path(path).expanduser()
+    return expanded if expanded.is_absolute() else (base / expanded).resolve()
+
+
+def select_source(options: dict[str, Any], config_dir: Path) -> Source:
+    """The one source the options name; SourceError when there are none or several."""
+    given = [name for name in SOURCE_OPTIONS if options.get(name)]
+    if len(given) != 1:
+        found = f"found {' and '.join(given)}" if given else "found none"
+        raise SourceError("set exactly one of outputs_file, stack (with project_dir) or state_file, " + found)
+    kind = given[0]
+    project_dir = options.get("project_dir")
+    if kind == "stack":
+        if not project_dir:
+            raise SourceError(
+                "stack needs project_dir, the folder with the stack's Pulumi.yaml "
+                "(e.g. project_dir: ../pulumi)"
+            )
+        return Source("stack", _resolve(str(project_dir), config_dir), str(options["stack"]))
+    if project_dir:
+        raise SourceError(f"project_dir only goes with stack, not with {kind}: remove it")
+    return Source(kind, _resolve(str(options[kind]), config_dir))
+
+
+def _read_json_file(path: Path, what: str, fix: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise SourceError(f"{what} {path} does not exist: {fix}") from exc
+    except IsADirectoryError as exc:
+        raise SourceError(f"{what} {path} is a folder, not a JSON file: point it at the file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{what} {path} cannot be read ({exc}): {fix}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SourceError(
+            f"{what} {path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {fix}"
+        ) from exc
+
+
+def reveal_secrets(value: Any, where: str = "outputs") -> Any:
+    """``value`` with Pulumi's secret envelopes replaced by their plaintext values.
+
+    Raises SourceError for an encrypted secret, which cannot be read without the stack's secrets provider.
+    """
+    if isinstance(value, list):
+        return [reveal_secrets(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if not isinstance(value, dict):
+        return value
+    if value.get(SECRET_SIG_KEY) == SECRET_SIG_VALUE:
+        if "plaintext" in value:
+            try:
+                return reveal_secrets(json.loads(value["plaintext"]), where)
+            except (TypeError, json.JSONDecodeError) as exc:
+                raise SourceError(f"the secret at {where} holds a plaintext that is not JSON") from exc
+        raise SourceError(
+            f"the secret at {where} is encrypted (ciphertext): use `stack:` instead of `state_file:`, "
+            "or save the outputs with `pulumi stack output --json --show-secrets > FILE` "
+            "and use `outputs_file:`"
+        )
+    return {key: reveal_secrets(item, f"{where}.{key}") for key, item in value.items()}
+
+
+def outputs_from_state(state: Any) -> Any:
+    """The stack outputs held by a ``pulumi stack export`` document."""
+    deployment = state.get("deployment") if isinstance(state, dict) else None
+    resources = deployment.get("resources") if isinstance(deployment, dict) else None
+    if not isinstance(resources, list):
+        raise SourceError(
+            "the state file has no deployment.resources list: write it with "
+            "`pulumi stack export --show-secrets > FILE`"
+        )
+    stacks = [r for r in resources if isinstance(r, dict) and r.get("type") == STACK_RESOURCE_TYPE]
+    if len(stacks) != 1:
+        raise SourceError(
+            f"the state file holds {len(stacks)} resources of type {STACK_RESOURCE_TYPE}, expected 1: "
+            "write it with `pulumi stack export --show-secrets > FILE` after `pulumi up`"
+        )
+    outputs = stacks[0].get("outputs")
+    if not outputs:
+        raise SourceError(
+            "the stack in the state file has no outputs: run `pulumi up` first, then export again"
+        )
+    return reveal_secrets(outputs)
+
+
+def _pulumi_failure(stderr: str, source: Source, returncode: int) -> SourceError:
+    """Turn the Pulumi CLI's complaint into a sentence that says what to do."""
+    lowered = stderr.lower()
+    if "pulumi_access_token" in lowered or "not logged in" in lowered or "pulumi login" in lowered:
+        return SourceError(
+            "the Pulumi CLI is not logged in: run `pulumi login` (or set PULUMI_ACCESS_TOKEN, or "
+            "PULUMI_BACKEND_URL for a self-managed backend) and try again"
+        )
+    if "no stack named" in lowered or ("stack" in lowered and "not found" in lowered):
+        return SourceError(
+            f"Pulumi has no stack {source.stack!r} for the project in {source.location}: check the stack "
+            "option against `pulumi stack ls`, or create it with `pulumi stack init` and `pulumi up`"
+        )
+    if "passphrase" in lowered:
+        return SourceError(
+            "the stack's secrets need a passphrase: set PULUMI_CONFIG_PASSPHRASE or "
+            "PULUMI_CONFIG_PASSPHRASE_FILE and try again"
+        )
+    if "pulumi.yaml" in lowered:
+        return SourceError(
+            f"there is no Pulumi project (Pulumi.yaml) in {source.location}: set project_dir to the folder "
+            "that holds the stack's Pulumi.yaml"
+        )
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = f": {lines[-1]}" if lines else " and printed nothing on stderr"
+    return SourceError(
+        f"`pulumi stack output` failed for {source.describe()} with exit code {returncode}{said}; "
+        "run it by hand in that folder to see why"
+    )
+
+
+def outputs_from_cli(source: Source, timeout: int) -> Any:
+    """Ask the Pulumi CLI for the stack's outputs, secrets revealed."""
+    if not source.location.is_dir():
+        raise SourceError(
+            f"project_dir {source.location} is not a folder: "
+            "point it at the folder with the stack's Pulumi.yaml"
+        )
+    command = ["pulumi", "stack", "output", "--json", "--show-secrets", "--non-interactive"]
+    command += ["--stack", str(source.stack)]
+    env = {**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true"}
+    try:
+        done = subprocess.run(
+            command,
+            cwd=source.location,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise SourceError(
+            "the Pulumi CLI (`pulumi`) is not on PATH: install it (https://www.pulumi.com/docs/install/), or "
+            "save the outputs elsewhere with `pulumi stack output --json --show-secrets > FILE` and use "
+            "`outputs_file:` instead of `stack:`"
+        ) from exc
+    except PermissionError as exc:
+        raise SourceError(f"the Pulumi CLI cannot be run ({exc}): check the `pulumi` found on PATH") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise SourceError(
+            f"`pulumi stack output` did not answer within {timeout} s for {source.describe()}: check the "
+            "backend is reachable, or raise pulumi_timeout"
+        ) from exc
+    if done.returncode != 0:
+        raise _pulumi_failure(done.stderr, source, done.returncode)
+    try:
+        return json.loads(done.stdout)
+    except json.JSONDecodeError as exc:
+        # Never echo stdout: it holds the stack's secrets.
+        raise SourceError(
+            f"`pulumi stack output --json` printed something that is not JSON ({exc.msg}) for "
+            f"{source.describe()}: run it by hand to see why"
+        ) from exc
+
+
+def read_outputs(source: Source, timeout: int) -> Any:
+    """The raw outputs of ``source``, not yet validated."""
+    if source.kind == "outputs_file":
+        return _read_json_file(source.location, "outputs_file", OUTPUT_FIX)
+    if source.kind == "state_file":
+        state = _read_json_file(
+            source.location, "state_file", "write it with `pulumi stack export --show-secrets > FILE`"
+        )
+        return outputs_from_state(state)
+    return outputs_from_cli(source, timeout)
+
+
+def contract_keys() -> tuple[set[str], set[str]]:
+    """The top-level and node keys that contract v1 knows, plus the optional known-hosts key."""
+    schema = load_schema()
+    top = set(schema["properties"]) | {KNOWN_HOSTS_KEY}
+    node = set(schema["$defs"]["node"]["properties"])
+    return top, node
+
+
+def checked_outputs(outputs: Any) -> dict[str, Any]:
+    """Validate ``outputs`` against the contract and keep only the contract's keys."""
+    validated = validate(outputs)
+    known_hosts = validated.get(KNOWN_HOSTS_KEY)
+    if known_hosts is not None and (not isinstance(known_hosts, str) or not known_hosts):
+        raise ContractError(f"outputs.{KNOWN_HOSTS_KEY} must be a non-empty path string")
+    top, node = contract_keys()
+    kept = {key: value for key, value in validated.items() if key in top}
+    kept["nodes"] = [{key: value for key, value in n.items() if key in node} for n in validated["nodes"]]
+    return kept
+
+
+def connect_address(node: dict[str, Any], use_private_ip: bool) -> str:
+    """The address Ansible connects to when no jump host is involved."""
+    public: str | None = node["public_ip"]
+    return node["private_ip"] if use_private_ip or not public else public
+
+
+def ssh_common_args(
+    *,
+    known_hosts: Path | None,
+    key_file: Path | None,
+    jump: str | None,
+) -> str | None:
+    """``ansible_ssh_common_args`` for a host: pinned known hosts and/or a jump through ``jump``."""
+    options: list[str] = []
+    if known_hosts is not None:
+        options += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    args = list(options)
+    if jump is not None:
+        if known_hosts is None and key_file is None:
+            args += ["-o", f"ProxyJump={jump}"]
+        else:
+            hop = ["ssh", "-W", "%h:%p"]
+            if key_file is not None:
+                hop += ["-i", str(key_file)]
+            hop += [*options, jump]
+            args += ["-o", "ProxyCommand=" + shlex.join(hop)]
+    return shlex.join(args) if args else None
+
+
+def build_hosts(
+    outputs: dict[str, Any],
+    base_dir: Path,
+    *,
+    use_private_ip: bool = False,
+    jump_via_head: bool = False,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(host name, group, host vars) for every node of validated ``outputs``, head first."""
+    the_head = head(outputs)
+    head_address = connect_address(the_head, use_private_ip)
+    ssh_user: str = outputs["ssh_user"]
+    key_file = (
+        _resolve(outputs["ssh_private_key_file"], base_dir) if outputs.get("ssh_private_key_file") else None
+    )
+    known_hosts = _resolve(outputs[KNOWN_HOSTS_KEY], base_dir) if outputs.get(KNOWN_HOSTS_KEY) else None
+    common = {
+        "ansible_user": ssh_user,
+        "ray_head_ip": the_head["private_ip"],
+        "rayops_buckets": dict(outputs["buckets"]),
+        "s3_endpoint_url": outputs["s3_endpoint_url"],
+        "rayops_cluster_name": outputs["cluster_name"],
+        "rayops_provider": outputs["provider"],
+        "rayops_region": outputs["region"],
+    }
+    if key_file is not None:
+        common["ansible_ssh_private_key_file"] = str(key_file)
+    nodes = [the_head] + [n for n in outputs["nodes"] if n["role"] != "head"]
+    hosts = []
+    for node in nodes:
+        is_head = node["role"] == "head"
+        jumps = jump_via_head and not is_head
+        host_vars = {
+            **common,
+            "ansible_host": node["private_ip"] if jumps else connect_address(node, use_private_ip),
+            "ray_node_ip": node["private_ip"],
+            "rayops_node_role": node["role"],
+            "rayops_instance_id": node["instance_id"],
+            "rayops_instance_type": node["instance_type"],
+            "rayops_private_ip": node["private_ip"],
+            "rayops_public_ip": node["public_ip"],
+        }
+        args = ssh_common_args(
+            known_hosts=known_hosts,
+            key_file=key_file,
+            jump=f"{ssh_user}@{head_address}" if jumps else None,
+        )
+        if args is not None:
+            host_vars["ansible_ssh_common_args"] = args
+        hosts.append((node["name"], GROUP_HEAD if is_head else GROUP_WORKERS, host_vars))
+    return hosts
+
+
+class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):  # type: ignore[misc]  # ansible-core ships no type hints
+    """Hosts and groups of a rayops cluster from its stack outputs."""
+
+    NAME = "pulumi_stack"
+
+    def verify_file(self, path: str) -> bool:
+        """Accept only readable files named ``[*.]pulumi_stack.yml`` or ``[*.]pulumi_stack.yaml``."""
+        name = Path(str(path)).name
+        if super().verify_file(path) and (name in CONFIG_NAMES or name.endswith(CONFIG_SUFFIXES)):
+            return True
+        self.display.debug(
+            "pulumi_stack inventory files must be named pulumi_stack.yml or *.pulumi_stack.yml (.yaml)"
+        )
+        return False
+
+    @staticmethod
+    def _fail(path: str, problem: str) -> AnsibleParserError:
+        """The error for ``problem``, naming the inventory configuration file."""
+        return AnsibleParserError(f"pulumi_stack inventory {path}: {problem}")
+
+    def parse(self, inventory: Any, loader: Any, path: str, cache: bool = True) -> None:
+        super().parse(inventory, loader, path)
+        if _CONTRACT_IMPORT_ERROR is not None:
+            raise self._fail(
+                path,
+                f"the rayops package cannot be imported ({_CONTRACT_IMPORT_ERROR}): "
+                "run `make setup` and use the ansible commands from .venv/bin",
+            ) from _CONTRACT_IMPORT_ERROR
+        self._read_config_data(path)
+        config_dir = Path(path).resolve().parent
+        try:
+            source = select_source(
+                {name: self.get_option(name) for name in (*SOURCE_OPTIONS, "project_dir")}, config_dir
+            )
+        except SourceError as exc:
+            raise self._fail(path, str(exc)) from exc
+
+        cache_key = f"{self.get_cache_key(path)}_{source.digest()}"
+        use_cache = bool(self.get_option("cache"))
+        # cache is False for --flush-cache / meta: refresh_inventory: read the source, then refresh the cache.
+        outputs: Any = None
+        update_cache = use_cache and not cache
+        if use_cache and cache:
+            try:
+                outputs = self._cache[cache_key]
+            except KeyError:
+                update_cache = True
+        if outputs is None:
+            try:
+                outputs = read_outputs(source, int(self.get_option("pulumi_timeout")))
+            except SourceError as exc:
+                raise self._fail(path, str(exc)) from exc
+        try:
+            kept = checked_outputs(outputs)
+        except ContractError as exc:
+            raise self._fail(
+                path,
+                f"the outputs of {source.describe()} break the rayops stack-output contract: {exc}",
+            ) from exc
+        if update_cache:
+            self._cache[cache_key] = kept
+
+        hosts = build_hosts(
+            kept,
+            source.base_dir,
+            use_private_ip=bool(self.get_option("use_private_ip")),
+            jump_via_head=bool(self.get_option("jump_via_head")),
+        )
+        self._populate(hosts)
+
+    def _populate(self, hosts: list[tuple[str, str, dict[str, Any]]]) -> None:
+        for group in (GROUP_CLUSTER, GROUP_HEAD, GROUP_WORKERS):
+            self.inventory.add_group(group)
+        self.inventory.add_child(GROUP_CLUSTER, GROUP_HEAD)
+        self.inventory.add_child(GROUP_CLUSTER, GROUP_WORKERS)
+        strict = self.get_option("strict")
+        for name, group, host_vars in hosts:
+            self.inventory.add_host(name, group=group)
+            for key, value in host_vars.items():
+                self.inventory.set_variable(name, key, value)
+            self._set_composite_vars(self.get_option("compose"), host_vars, name, strict=strict)
+            self._add_host_to_composed_groups(self.get_option("groups"), host_vars, name, strict=strict)
+            self._add_host_to_keyed_groups(self.get_option("keyed_groups"), host_vars, name, strict=strict)
