@@ -1,0 +1,5 @@
+import sys
+
+from rayops.localcloud.cli import main
+
+sys.exit(main())
