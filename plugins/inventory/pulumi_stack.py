@@ -398,7 +398,9 @@ def ssh_common_args(
     """``ansible_ssh_common_args`` for a host: pinned known hosts and/or a jump through ``jump``."""
     options: list[str] = []
     if known_hosts is not None:
-        options += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+        # ssh splits UserKnownHostsFile on whitespace (it takes a list); double quotes keep one path whole
+        path = f'"{known_hosts}"' if any(c.isspace() for c in str(known_hosts)) else str(known_hosts)
+        options += ["-o", f"UserKnownHostsFile={path}", "-o", "StrictHostKeyChecking=yes"]
     args = list(options)
     if jump is not None:
         if known_hosts is None and key_file is None:
