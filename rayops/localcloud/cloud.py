@@ -623,6 +623,8 @@ class LocalCloud:
             for rootfs in self.spec.runtime_dir.glob("*/rootfs"):
                 self._umount(rootfs)
             shutil.rmtree(self.spec.runtime_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.spec.runtime_dir.parent.rmdir()  # only when no other cloud lives there
         for root in CGROUP_ROOTS:
             self._rmdir_tree(root / "rayops" / self.spec.name)
             with contextlib.suppress(OSError):

@@ -1,0 +1,67 @@
+# rayops: `make local` (the whole flow on the local cloud) and `make test` (everything CI runs).
+# Both start with `make setup`, so on a fresh machine either one alone installs what it needs.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rayops-setup
+APT_PACKAGES := systemd-container debootstrap iptables iproute2 openssh-client
+
+# Local cloud knobs (see README): make local-up WORKERS=3 SUBNET=10.213.8.0/24 S3_PORT=5600
+WORKERS ?= 2
+SUBNET ?= 10.213.7.0/24
+S3_PORT ?= 5599
+LOCAL_INVENTORY := inventory/local.pulumi_stack.yml
+# Extra pytest arguments, e.g. make test PYTEST_ARGS="-k plugin"
+PYTEST_ARGS ?=
+
+.PHONY: help setup lint test test-unit local local-up local-down local-status clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(STAMP) ## Install apt packages and the pinned Python environment in .venv
+
+$(STAMP): requirements.txt pyproject.toml
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "setup: missing apt packages: $$missing; run as root or apt-get install them" >&2; exit 1; fi; \
+	  echo "setup: apt-get install $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "setup: pip install -r requirements.txt (a few minutes the first time)"
+	@$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	@$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+lint: setup ## ruff, mypy, yamllint, ansible-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/yamllint -s .
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint
+
+test: setup ## Run every test (lint, unit, local cloud, roles, end to end); needs root
+	$(MAKE) --no-print-directory lint
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: setup ## Only the tests that need no local cloud
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m "not localcloud" $(PYTEST_ARGS)
+
+local: setup local-up ## The main job on the local cloud: boot it (then site.yml, train.yml, serve)
+
+local-up: setup ## Boot the local cloud (WORKERS=2 SUBNET=10.213.7.0/24 S3_PORT=5599)
+	$(BIN)/rayops-local up --workers $(WORKERS) --subnet $(SUBNET) --s3-port $(S3_PORT)
+
+local-down: setup ## Remove the local cloud and everything it created
+	$(BIN)/rayops-local down
+
+local-status: setup ## Machines, IPs, state, S3 endpoint and contract path of the local cloud
+	$(BIN)/rayops-local status
+
+clean: ## Remove the venv and caches (the local cloud must be down)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

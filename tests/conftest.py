@@ -1,0 +1,40 @@
+"""Shared fixtures: a real local cloud for the tests that need machines (marker `localcloud`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rayops.localcloud.cloud import CloudSpec, LocalCloud
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "powerconsumption.csv"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Machines need root: say so loudly instead of failing in odd places."""
+    if os.geteuid() != 0:
+        for item in items:
+            if "localcloud" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason="needs root (boots nspawn machines)"))
+
+
+@pytest.fixture(scope="session")
+def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
+    """A three-machine cloud of its own (name, subnet and port apart from the user's), always removed."""
+    spec = CloudSpec(
+        name="rtest",
+        workers=2,
+        subnet="10.213.50.0/24",
+        s3_port=5650,
+        state_dir=str(tmp_path_factory.mktemp("cloud") / "state"),
+    )
+    cloud = LocalCloud(spec)
+    try:
+        cloud.up()
+        yield cloud
+    finally:
+        cloud.down()

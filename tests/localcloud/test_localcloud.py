@@ -1,0 +1,310 @@
+"""The local cloud as a user sees it: real machines over real SSH, a real S3 API, a clean teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rayops import contract
+from rayops.localcloud import image
+from rayops.localcloud.cloud import CloudSpec, LocalCloud
+from rayops.localcloud.errors import LocalCloudError
+
+pytestmark = pytest.mark.localcloud
+CLI = [sys.executable, "-m", "rayops.localcloud"]
+
+
+def ssh(cloud: LocalCloud, machine: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cloud.ssh_command(cloud.machine(machine), *cmd, timeout=10),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def leftovers(spec: CloudSpec) -> list[str]:
+    """Everything of a cloud that could outlive `down`: processes, mounts, links, rules, folders."""
+    found = []
+    if Path(f"/sys/class/net/{spec.bridge}").exists():
+        found.append(f"bridge {spec.bridge}")
+    mounts = Path("/proc/self/mounts").read_text()
+    if f"/clouds/{spec.name}/" in mounts:
+        found.append("overlay mount")
+    for table in ("nat", "filter"):
+        rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
+        if spec.nat_comment in rules:
+            found.append(f"iptables {table} rule")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        text = b" ".join(argv).decode(errors="replace")
+        if stat != "Z" and (f"--machine={spec.name}-" in text or f"-p {spec.s3_port}" in text):
+            found.append(f"process {pid}: {text[:80]}")
+    for root in ("/sys/fs/cgroup/systemd/rayops", "/sys/fs/cgroup/unified/rayops"):
+        if Path(root, spec.name).exists():
+            found.append(f"cgroup {root}/{spec.name}")
+    if spec.runtime_dir.exists():
+        found.append(f"folder {spec.runtime_dir}")
+    if spec.state_path.exists():
+        found.append(f"state dir {spec.state_path}")
+    return found
+
+
+# ------------------------------------------------------------------------------------- a running cloud
+def test_contract_file_validates_and_describes_the_machines(local_cloud: LocalCloud) -> None:
+    outputs = json.loads(local_cloud.outputs_path.read_text())
+    contract.validate(outputs)
+    assert outputs["provider"] == "local" and outputs["region"] == "local"
+    assert [n["role"] for n in outputs["nodes"]] == ["head", "worker", "worker"]
+    assert outputs["s3_endpoint_url"] == "http://10.213.50.1:5650"
+    assert set(outputs["buckets"]) == set(contract.BUCKET_KINDS)
+    assert Path(outputs["ssh_private_key_file"]).stat().st_mode & 0o077 == 0, "private key must be 0600"
+
+
+@pytest.mark.parametrize("machine", ["rtest-head", "rtest-worker-1", "rtest-worker-2"])
+def test_every_machine_boots_systemd_and_takes_ssh_as_sudo_user(
+    local_cloud: LocalCloud, machine: str
+) -> None:
+    proc = ssh(local_cloud, machine, "systemctl is-system-running; cat /proc/1/comm; id -un; sudo -n id -u")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["running", "systemd", "rayops", "0"]
+
+
+def test_nodes_resolve_each_other_by_name_quickly(local_cloud: LocalCloud) -> None:
+    script = (
+        "import socket,time; t=time.monotonic(); "
+        "ips=[socket.gethostbyname(n) for n in ('rtest-head','rtest-worker-1','rtest-worker-2')]; "
+        "fq=socket.getfqdn(); print(' '.join(ips), fq, round(time.monotonic()-t, 2))"
+    )
+    proc = ssh(local_cloud, "rtest-worker-1", "python3", "-c", f'"{script}"')
+    assert proc.returncode == 0, proc.stderr
+    ips_and_fqdn = proc.stdout.split()[:4]
+    assert ips_and_fqdn == ["10.213.50.10", "10.213.50.11", "10.213.50.12", "rtest-worker-1"]
+    # getfqdn() hanging on DNS is what makes Ansible fact gathering crawl; it must answer from /etc/hosts.
+    assert float(proc.stdout.split()[4]) < 2.0
+
+
+def test_machines_have_nat_route_and_trust_the_host_ca_bundle(local_cloud: LocalCloud) -> None:
+    route = ssh(local_cloud, "rtest-head", "ip", "-4", "route", "show", "default")
+    assert "via 10.213.50.1" in route.stdout
+    nat = subprocess.run(
+        ["iptables", "-t", "nat", "-S", "POSTROUTING"], capture_output=True, text=True
+    ).stdout
+    assert "-s 10.213.50.0/24 ! -o rb-rtest" in nat and "MASQUERADE" in nat
+    bundle = ssh(local_cloud, "rtest-head", "sha256sum", "/etc/ssl/certs/ca-certificates.crt")
+    host = subprocess.run(["sha256sum", "/etc/ssl/certs/ca-certificates.crt"], capture_output=True, text=True)
+    assert bundle.stdout.split()[0] == host.stdout.split()[0]
+    pipconf = ssh(local_cloud, "rtest-head", "cat", "/etc/pip.conf")
+    assert "cert = /etc/ssl/certs/ca-certificates.crt" in pipconf.stdout
+
+
+def test_buckets_exist_versioned_and_reachable_from_controller_and_machines(local_cloud: LocalCloud) -> None:
+    s3 = local_cloud.s3_client()
+    for bucket in local_cloud.spec.buckets().values():
+        assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    bucket = local_cloud.spec.buckets()["raw"]
+    v1 = s3.put_object(Bucket=bucket, Key="probe.txt", Body=b"one")["VersionId"]
+    v2 = s3.put_object(Bucket=bucket, Key="probe.txt", Body=b"two")["VersionId"]
+    assert v1 != v2
+    old = s3.get_object(Bucket=bucket, Key="probe.txt", VersionId=v1)["Body"].read()
+    assert old == b"one", "versioning must keep the overwritten object"
+    # A machine reaches the same endpoint over the bridge (a presigned GET: no credentials on the node).
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "probe.txt"}, ExpiresIn=60)
+    script = f"import urllib.request; print(urllib.request.urlopen('{url}', timeout=5).read().decode())"
+    proc = ssh(local_cloud, "rtest-worker-2", "python3", "-c", f'"{script}"')
+    assert proc.stdout.strip() == "two", proc.stderr
+
+
+def test_known_hosts_is_exact_so_ssh_never_trusts_on_first_use(local_cloud: LocalCloud) -> None:
+    lines = local_cloud.known_hosts_path.read_text().splitlines()
+    assert len(lines) == 3
+    proc = ssh(local_cloud, "rtest-head", "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
+    assert proc.stdout.split()[1] == lines[0].split()[2]
+
+
+def test_up_twice_changes_nothing(local_cloud: LocalCloud) -> None:
+    before = json.loads((local_cloud.spec.state_path / "state.json").read_text())
+    outputs = local_cloud.up()
+    after = json.loads((local_cloud.spec.state_path / "state.json").read_text())
+    assert before == after
+    assert outputs == json.loads(local_cloud.outputs_path.read_text())
+
+
+def test_status_shows_machines_ips_state_memory_s3_and_contract(local_cloud: LocalCloud) -> None:
+    proc = subprocess.run(
+        [*CLI, "status", "--json", "--state-dir", local_cloud.spec.state_dir],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert [(m["name"], m["ip"], m["state"]) for m in status["machines"]] == [
+        ("rtest-head", "10.213.50.10", "running"),
+        ("rtest-worker-1", "10.213.50.11", "running"),
+        ("rtest-worker-2", "10.213.50.12", "running"),
+    ]
+    assert all(m["memory_mib"] > 5 for m in status["machines"])
+    assert status["s3_endpoint_url"] == "http://10.213.50.1:5650"
+    assert status["contract"].endswith("outputs.json")
+
+
+def test_stop_and_start_a_machine_keeps_its_disk(local_cloud: LocalCloud) -> None:
+    assert ssh(local_cloud, "rtest-worker-2", "sudo", "touch", "/var/tmp/kept").returncode == 0
+    local_cloud.stop_machine("rtest-worker-2")
+    assert local_cloud.status()["machines"][2]["state"] == "stopped"
+    local_cloud.start_machine("rtest-worker-2")
+    proc = ssh(local_cloud, "rtest-worker-2", "systemctl is-system-running; ls /var/tmp/kept")
+    assert proc.stdout.split() == ["running", "/var/tmp/kept"]
+
+
+# ------------------------------------------------------------------------- lifecycle and bad input
+def spec_for(tmp_path: Path, name: str, subnet: str, port: int, workers: int = 1) -> CloudSpec:
+    return CloudSpec(name=name, workers=workers, subnet=subnet, s3_port=port, state_dir=str(tmp_path / "st"))
+
+
+def test_down_leaves_nothing_even_after_a_crash(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, "rcrash", "10.213.51.0/24", 5651)
+    cloud = LocalCloud(spec)
+    try:
+        cloud.up()
+        state = json.loads((spec.state_path / "state.json").read_text())
+        # Crash: the worker's nspawn and the S3 server die without any cleanup.
+        os.kill(state["launcher_pids"]["rcrash-worker-1"], 9)
+        os.kill(state["s3_pid"], 9)
+        with pytest.raises(
+            LocalCloudError, match=r"half up .*machine rcrash-worker-1 is not running.*local-down"
+        ):
+            LocalCloud(spec).up()
+        # The state file lost too: down must still find everything by name.
+        (spec.state_path / "state.json").unlink()
+        with pytest.raises(LocalCloudError, match="leftovers of an earlier run"):
+            LocalCloud(spec).up()
+    finally:
+        LocalCloud(spec).down()
+    assert leftovers(spec) == []
+
+
+def test_down_is_safe_on_a_cloud_that_is_not_there(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, "rnone", "10.213.52.0/24", 5652)
+    LocalCloud(spec).down()
+    assert leftovers(spec) == []
+
+
+def test_taken_subnet_is_one_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, "rsub", "10.213.53.0/24", 5653)
+    subprocess.run(["ip", "link", "add", "rtest-taken", "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", "10.213.53.200/24", "dev", "rtest-taken"], check=True)
+        with pytest.raises(LocalCloudError, match=r"subnet 10.213.53.0/24 is already taken .*SUBNET="):
+            LocalCloud(spec).up()
+    finally:
+        subprocess.run(["ip", "link", "delete", "rtest-taken"], check=True)
+    assert leftovers(spec) == []
+
+
+def test_taken_s3_port_is_one_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, "rport", "10.213.54.0/24", 5654)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 5654))
+        sock.listen()
+        with pytest.raises(
+            LocalCloudError, match=r"port 5654 for the S3 endpoint is already in use.*S3_PORT=5655"
+        ):
+            LocalCloud(spec).up()
+    assert leftovers(spec) == []
+
+
+def test_cli_refuses_non_root_with_one_sentence(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            *CLI,
+            "up",
+            "--name",
+            "rnoroot",
+            "--state-dir",
+            str(tmp_path / "st"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("rayops-local: error: the local cloud needs root")
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_names_missing_host_packages(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("ip", "iptables", "ssh", "ssh-keygen"):  # everything but nspawn and debootstrap
+        (bindir / tool).symlink_to(
+            subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()
+        )
+    proc = subprocess.run(
+        [*CLI, "up", "--name", "rmiss", "--state-dir", str(tmp_path / "st")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": str(bindir)},
+    )
+    assert proc.returncode == 1
+    assert "missing host packages debootstrap, systemd-container: run `make setup`" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "Bad_Name"}, "cloud name 'Bad_Name' is invalid"),
+        ({"workers": -1}, "WORKERS=-1 is out of range"),
+        ({"subnet": "10.213.7.0/33"}, "is not an IPv4 network"),
+        ({"subnet": "10.213.7.0/29"}, "too small"),
+        ({"s3_port": 80}, "S3 port 80 is out of range"),
+    ],
+)
+def test_bad_spec_is_rejected_before_anything_happens(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(LocalCloudError, match=message):
+        LocalCloud(CloudSpec(**kwargs))  # type: ignore[arg-type]
+
+
+def test_corrupt_cached_image_is_detected_and_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / image.image_id()
+    (root / "usr/bin").mkdir(parents=True)
+    (root / ".rayops-image").write_text("x")
+    built: list[Path] = []
+
+    def fake_build(path: Path, log: object) -> None:  # debootstrap itself runs in the cloud fixture
+        built.append(path)
+
+    monkeypatch.setattr(image, "build_image", fake_build)
+    messages: list[str] = []
+    image.ensure_image(tmp_path, messages.append)
+    assert built == [root]
+    assert not root.exists(), "the corrupt image must be removed before the rebuild"
+    assert messages and "is corrupt (it lacks usr/lib/systemd/systemd" in messages[0]
+
+
+def test_complete_image_is_reused_without_building(local_cloud: LocalCloud) -> None:
+    cached = local_cloud.image_cache / image.image_id()
+    assert image.missing_files(cached) == []
+    messages: list[str] = []
+    assert image.ensure_image(local_cloud.image_cache, messages.append) == cached
+    assert messages == []
