@@ -153,8 +153,18 @@ SECRET_SIG_VALUE = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 (public Pulu
 # Optional contract key not (yet) in the schema: written by the local cloud.
 KNOWN_HOSTS_KEY = "ssh_known_hosts_file"
 OUTPUT_FIX = (
-    "regenerate it with `pulumi stack output --json --show-secrets > FILE` or restart the local cloud"
+    "start the local cloud (`rayops-local up`), or save a stack's outputs with "
+    "`pulumi stack output --json --show-secrets > FILE`"
 )
+
+
+class PulumiStackError(AnsibleParserError):  # type: ignore[misc]  # ansible-core ships no type hints
+    """A pulumi_stack inventory that cannot be built; its message already says why and what to do.
+
+    The cause stays chained for ``-vvv`` tracebacks, but ansible-core does not repeat its message.
+    """
+
+    _include_cause_message = False
 
 
 class SourceError(Exception):
@@ -482,9 +492,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):  # type: i
         return False
 
     @staticmethod
-    def _fail(path: str, problem: str) -> AnsibleParserError:
+    def _fail(path: str, problem: str) -> PulumiStackError:
         """The error for ``problem``, naming the inventory configuration file."""
-        return AnsibleParserError(f"pulumi_stack inventory {path}: {problem}")
+        return PulumiStackError(f"pulumi_stack inventory {path}: {problem}")
 
     def parse(self, inventory: Any, loader: Any, path: str, cache: bool = True) -> None:
         super().parse(inventory, loader, path)
@@ -501,7 +511,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):  # type: i
                 {name: self.get_option(name) for name in (*SOURCE_OPTIONS, "project_dir")}, config_dir
             )
         except SourceError as exc:
-            raise self._fail(path, str(exc)) from exc
+            raise self._fail(path, str(exc)) from exc.__cause__ or exc
 
         cache_key = f"{self.get_cache_key(path)}_{source.digest()}"
         use_cache = bool(self.get_option("cache"))
@@ -517,7 +527,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):  # type: i
             try:
                 outputs = read_outputs(source, int(self.get_option("pulumi_timeout")))
             except SourceError as exc:
-                raise self._fail(path, str(exc)) from exc
+                raise self._fail(path, str(exc)) from exc.__cause__ or exc
         try:
             kept = checked_outputs(outputs)
         except ContractError as exc:
