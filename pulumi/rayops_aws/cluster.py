@@ -1,0 +1,132 @@
+"""Cluster: the head node and the workers, all hardened the same way.
+
+Every node: the given AMI, the cluster security group, the node instance profile, IMDSv2 only
+with a hop limit of 1 (containers on the node cannot reach the instance credentials), an
+encrypted gp3 root volume, tags naming the cluster and the role. Workers may be spot instances.
+Ansible configures the nodes afterwards; there is no user data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi_aws as aws
+
+import pulumi
+
+HEAD = "head"
+WORKER = "worker"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the cluster: its contract name, its role and its instance."""
+
+    name: str
+    role: str
+    instance: aws.ec2.Instance
+
+    def contract_entry(self) -> pulumi.Output[dict[str, Any]]:
+        """The node as the stack-output contract describes it (public_ip null when it has none)."""
+        return pulumi.Output.all(
+            self.instance.private_ip, self.instance.public_ip, self.instance.id, self.instance.instance_type
+        ).apply(
+            lambda values: {
+                "name": self.name,
+                "role": self.role,
+                "private_ip": values[0],
+                "public_ip": values[1] or None,
+                "instance_id": values[2],
+                "instance_type": values[3],
+            }
+        )
+
+
+@dataclass(frozen=True)
+class ClusterArgs:
+    """Sizes, image and placement of the nodes. Workers are spread over the subnets in turn."""
+
+    cluster_name: str
+    ami_id: str
+    subnet_ids: list[pulumi.Output[str]]
+    security_group_id: pulumi.Output[str]
+    instance_profile: pulumi.Output[str]
+    ssh_public_key: str | None
+    key_name: str | None
+    head_instance_type: str
+    worker_instance_type: str
+    worker_count: int
+    spot_workers: bool
+    root_volume_size_gb: int
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Cluster(pulumi.ComponentResource):
+    """``<cluster>-head`` and ``<cluster>-worker-1`` ... ``<cluster>-worker-N``."""
+
+    nodes: list[Node]
+    key_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("rayops:aws:Cluster", name, None, opts)
+        if args.ssh_public_key is not None:
+            key_pair = aws.ec2.KeyPair(
+                f"{args.cluster_name}-key",
+                public_key=args.ssh_public_key,
+                tags=args.tags,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.key_name = key_pair.key_name
+        elif args.key_name is not None:
+            self.key_name = pulumi.Output.from_input(args.key_name)
+        else:
+            raise ValueError("ClusterArgs needs ssh_public_key or key_name")
+        self.nodes = [self._node(f"{args.cluster_name}-head", HEAD, args, args.subnet_ids[0])]
+        for index in range(1, args.worker_count + 1):
+            subnet_id = args.subnet_ids[index % len(args.subnet_ids)]
+            self.nodes.append(self._node(f"{args.cluster_name}-worker-{index}", WORKER, args, subnet_id))
+        self.register_outputs(
+            {"key_name": self.key_name, **{node.name: node.instance.id for node in self.nodes}}
+        )
+
+    def _node(self, node_name: str, role: str, args: ClusterArgs, subnet_id: pulumi.Output[str]) -> Node:
+        spot = role == WORKER and args.spot_workers
+        market = (
+            aws.ec2.InstanceInstanceMarketOptionsArgs(
+                market_type="spot",
+                spot_options=aws.ec2.InstanceInstanceMarketOptionsSpotOptionsArgs(
+                    instance_interruption_behavior="terminate",
+                    spot_instance_type="one-time",
+                ),
+            )
+            if spot
+            else None
+        )
+        instance = aws.ec2.Instance(
+            node_name,
+            ami=args.ami_id,
+            instance_type=args.head_instance_type if role == HEAD else args.worker_instance_type,
+            subnet_id=subnet_id,
+            vpc_security_group_ids=[args.security_group_id],
+            iam_instance_profile=args.instance_profile,
+            key_name=self.key_name,
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens="required",
+                http_put_response_hop_limit=1,
+                instance_metadata_tags="disabled",
+            ),
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                volume_type="gp3",
+                volume_size=args.root_volume_size_gb,
+                encrypted=True,
+                delete_on_termination=True,
+                tags={**args.tags, "Name": f"{node_name}-root"},
+            ),
+            instance_market_options=market,
+            tags={**args.tags, "Name": node_name, "rayops:role": role},
+            # A newer AMI (most_recent lookup) must not replace running nodes on the next `pulumi up`.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["ami"]),
+        )
+        return Node(node_name, role, instance)
