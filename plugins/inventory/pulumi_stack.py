@@ -105,10 +105,12 @@ options:
 """
 
 EXAMPLES = r"""
+---
 # inventory/local.pulumi_stack.yml: the local cloud's outputs (relative to this file)
 plugin: pulumi_stack
 outputs_file: ../.rayops/local/outputs.json
 
+---
 # inventory/aws.pulumi_stack.yml: ask the Pulumi CLI for the outputs of stack "dev";
 # the workers have no public IP, so hop through the head
 plugin: pulumi_stack
@@ -116,6 +118,7 @@ stack: dev
 project_dir: ../pulumi
 jump_via_head: true
 
+---
 # Read an exported state file and add constructed groups and variables
 plugin: pulumi_stack
 state_file: dev-state.json
@@ -130,6 +133,7 @@ groups:
 compose:
   ray_dashboard_url: "'http://' ~ ray_head_ip ~ ':8265'"
 
+---
 # Cache the outputs for an hour instead of asking the CLI on every run; the cache
 # plugin and its folder come from ansible.cfg (jsonfile in .rayops/facts) unless set
 # here. `ansible-inventory --flush-cache --list` reads the stack again.
