@@ -275,6 +275,8 @@ class LocalCloud:
 
     def _check_port_free(self) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # SO_REUSEADDR: connections of an earlier run in TIME_WAIT are not "in use"; listeners are.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("0.0.0.0", self.spec.s3_port))  # noqa: S104 - probing only, closed at once
             except OSError as err:
