@@ -1,0 +1,202 @@
+#!/usr/bin/python
+"""Ansible module: submit a Ray Job with the Ray Jobs SDK and report its state, progress and result."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ray_job
+short_description: Submit a Ray Job and follow it with the Ray Jobs SDK
+description:
+  - Runs on the Ray head with the cluster's venv Python (set C(ansible_python_interpreter) for the task).
+  - O(state=present) submits the job once per O(submission_id); running it again does not resubmit.
+  - O(state=status) returns the job's status, its last progress line and, when it has finished,
+    the metrics it printed as a C(RAYOPS_METRICS_JSON=...) line.
+  - Token authentication is read from O(env_file) (KEY=VALUE lines); its values are never returned.
+options:
+  submission_id:
+    description: Unique id of the job (the run id).
+    type: str
+    required: true
+  state:
+    description: V(present) submits, V(status) reports, V(stopped) stops a running job.
+    type: str
+    choices: [present, status, stopped]
+    default: status
+  entrypoint:
+    description:
+      - Shell command the job runs on the head (name the venv's python).
+      - Required with O(state=present).
+    type: str
+  runtime_env:
+    description: Ray runtime_env (py_modules, env_vars, ...).
+    type: dict
+    default: {}
+  metadata:
+    description: String metadata attached to the job.
+    type: dict
+    default: {}
+  address:
+    description: Jobs API of the head (the dashboard), reachable from the head itself.
+    type: str
+    default: http://127.0.0.1:8265
+  env_file:
+    description: File of KEY=VALUE lines (e.g. RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH) loaded before connecting.
+    type: path
+    default: /etc/rayops/ray-client.env
+  log_tail:
+    description: Number of log lines to return.
+    type: int
+    default: 30
+author: rayops
+"""
+
+EXAMPLES = r"""
+- name: Train | submit the workflow
+  ray_job:
+    submission_id: "rayops-train-{{ run_id }}"
+    state: present
+    entrypoint: /opt/rayops/venv/bin/python -m rayops.workflow run --dataset /data/x.csv
+    runtime_env: {py_modules: [/opt/rayops/app/rayops]}
+  vars:
+    ansible_python_interpreter: /opt/rayops/venv/bin/python
+"""
+
+RETURN = r"""
+status:
+  description: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED.
+  type: str
+  returned: always
+finished:
+  description: Whether the job reached a terminal state.
+  type: bool
+  returned: always
+progress:
+  description: The last progress line the job printed (lines starting with C([rayops])).
+  type: str
+  returned: always
+error:
+  description: The job's own error sentence when it failed (a C(RAYOPS_ERROR=) line, else Ray's message).
+  type: str
+  returned: when failed
+metrics:
+  description: The object the job printed as C(RAYOPS_METRICS_JSON=...).
+  type: dict
+  returned: when the job printed it
+logs_tail:
+  description: The last O(log_tail) lines of the job's logs.
+  type: list
+  elements: str
+  returned: always
+"""
+
+import json
+import os
+import re
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    HAS_RAY = True
+except ImportError:  # pragma: no cover - reported through fail_json
+    HAS_RAY = False
+
+_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+_METRICS = re.compile(r"^RAYOPS_METRICS_JSON=(\{.*\})\s*$")
+_ERROR = re.compile(r"^RAYOPS_ERROR=(.+)$")
+
+
+def load_env_file(path: str) -> list[str]:
+    """Load KEY=VALUE lines into os.environ; return the keys (never the values)."""
+    keys = []
+    if not path or not os.path.exists(path):
+        return keys
+    with open(path, encoding="utf-8") as fh:
+        for raw in fh:
+            line = raw.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, value = line.split("=", 1)
+            os.environ[key.strip()] = value.strip().strip('"')
+            keys.append(key.strip())
+    return keys
+
+
+def summarize_logs(logs: str, tail: int) -> dict[str, object]:
+    """Progress, error and metrics found in a job's logs."""
+    lines = logs.splitlines()
+    result: dict[str, object] = {"logs_tail": lines[-tail:], "progress": ""}
+    for line in lines:
+        if line.startswith("[rayops]"):
+            result["progress"] = line
+        if m := _METRICS.match(line):
+            result["metrics"] = json.loads(m.group(1))
+        if m := _ERROR.match(line):
+            result["error"] = m.group(1)
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "submission_id": {"type": "str", "required": True},
+            "state": {"type": "str", "choices": ["present", "status", "stopped"], "default": "status"},
+            "entrypoint": {"type": "str"},
+            "runtime_env": {"type": "dict", "default": {}},
+            "metadata": {"type": "dict", "default": {}},
+            "address": {"type": "str", "default": "http://127.0.0.1:8265"},
+            "env_file": {"type": "path", "default": "/etc/rayops/ray-client.env"},
+            "log_tail": {"type": "int", "default": 30},
+        },
+        required_if=[("state", "present", ["entrypoint"])],
+        supports_check_mode=True,
+    )
+    if not HAS_RAY:
+        module.fail_json(msg=missing_required_lib("ray") + "; run the task with the cluster venv's python")
+    p = module.params
+    load_env_file(p["env_file"])
+    try:
+        client = JobSubmissionClient(p["address"])
+    except Exception as err:
+        module.fail_json(msg=f"cannot reach the Ray Jobs API at {p['address']}: {err}; is ray-head running?")
+    job_id = p["submission_id"]
+
+    def info() -> object | None:
+        try:
+            return client.get_job_info(job_id)
+        except RuntimeError:
+            return None
+
+    changed = False
+    current = info()
+    if p["state"] == "present" and current is None:
+        changed = True
+        if not module.check_mode:
+            client.submit_job(
+                entrypoint=p["entrypoint"],
+                submission_id=job_id,
+                runtime_env=p["runtime_env"] or None,
+                metadata={k: str(v) for k, v in p["metadata"].items()},
+            )
+            current = info()
+    elif p["state"] == "stopped" and current is not None and str(current.status) not in _TERMINAL:
+        changed = True
+        if not module.check_mode:
+            client.stop_job(job_id)
+            current = info()
+    if current is None:
+        if module.check_mode:
+            module.exit_json(changed=changed, status="PENDING", finished=False, progress="", logs_tail=[])
+        module.fail_json(msg=f"no Ray job with submission id {job_id!r} on {p['address']}")
+    status = current.status.value if isinstance(current.status, JobStatus) else str(current.status)
+    result: dict[str, object] = {"changed": changed, "status": status, "finished": status in _TERMINAL}
+    result.update(summarize_logs(client.get_job_logs(job_id), p["log_tail"]))
+    if status == "FAILED" and "error" not in result:
+        result["error"] = current.message or "the job failed without a message; see logs_tail"
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
