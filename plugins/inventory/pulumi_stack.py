@@ -387,10 +387,7 @@ def contract_keys() -> tuple[set[str], set[str]]:
 
 def checked_outputs(outputs: Any) -> dict[str, Any]:
     """Validate ``outputs`` against the contract and keep only the contract's keys."""
-    validated = validate(outputs)
-    known_hosts = validated.get(KNOWN_HOSTS_KEY)
-    if known_hosts is not None and (not isinstance(known_hosts, str) or not known_hosts):
-        raise ContractError(f"outputs.{KNOWN_HOSTS_KEY} must be a non-empty path string")
+    validated = validate(outputs)  # the schema also types the optional key and known_hosts files
     top, node = contract_keys()
     kept = {key: value for key, value in validated.items() if key in top}
     kept["nodes"] = [{key: value for key, value in n.items() if key in node} for n in validated["nodes"]]

@@ -93,6 +93,7 @@ logs_tail:
 import json
 import os
 import re
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
@@ -110,7 +111,7 @@ _ERROR = re.compile(r"^RAYOPS_ERROR=(.+)$")
 
 def load_env_file(path: str) -> list[str]:
     """Load KEY=VALUE lines into os.environ; return the keys (never the values)."""
-    keys = []
+    keys: list[str] = []
     if not path or not os.path.exists(path):
         return keys
     with open(path, encoding="utf-8") as fh:
@@ -163,7 +164,7 @@ def main() -> None:
         module.fail_json(msg=f"cannot reach the Ray Jobs API at {p['address']}: {err}; is ray-head running?")
     job_id = p["submission_id"]
 
-    def info() -> object | None:
+    def info() -> Any:
         try:
             return client.get_job_info(job_id)
         except RuntimeError:

@@ -198,7 +198,7 @@ def test_known_hosts_file_must_be_a_path(tmp_path):
     outputs = load_fixture("local.json")
     outputs["ssh_known_hosts_file"] = ["a", "b"]
     error = outputs_error(tmp_path, outputs)
-    assert "outputs.ssh_known_hosts_file must be a non-empty path string" in str(error)
+    assert "outputs.ssh_known_hosts_file: ['a', 'b'] is not of type 'string'" in str(error)
 
 
 def test_rayops_not_importable(tmp_path, monkeypatch):
