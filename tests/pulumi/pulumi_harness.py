@@ -81,9 +81,16 @@ class Resource:
 class AwsMocks(pulumi.runtime.Mocks):
     """A small fake AWS: answers the program's lookups and gives resources provider-like state."""
 
-    def __init__(self) -> None:
+    def __init__(self, public_ips: bool = True) -> None:
+        self.public_ips = public_ips
         self.resources: list[Resource] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self._instances = 0
+
+    def reset(self) -> None:
+        """Forget what an earlier run registered."""
+        self.resources.clear()
+        self.calls.clear()
         self._instances = 0
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
@@ -96,7 +103,8 @@ class AwsMocks(pulumi.runtime.Mocks):
             self._instances += 1
             resource_id = f"i-{_suffix(name, 17)}"
             state["privateIp"] = f"10.0.0.{10 + self._instances}"
-            state["publicIp"] = f"198.51.100.{10 + self._instances}"
+            # A node in a subnet without public IPs: the provider reports an empty string.
+            state["publicIp"] = f"198.51.100.{10 + self._instances}" if self.public_ips else ""
             state["arn"] = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{resource_id}"
         elif typ == "aws:s3/bucket:Bucket":
             # The provider's auto-name: the logical name plus 7 random hex characters.
@@ -205,6 +213,7 @@ RunStack = Callable[..., StackRun]
 
 def run_program(mocks: AwsMocks) -> StackRun:
     """Run pulumi/__main__.py under ``mocks`` with the config in PULUMI_CONFIG; return what it made."""
+    mocks.reset()
     pulumi.runtime.set_all_config({})  # the config comes from PULUMI_CONFIG only
     pulumi.runtime.reset_options(project=PROJECT, stack=STACK, preview=False)
     monitor = pulumi_mocks.MockMonitor(mocks)
