@@ -44,6 +44,12 @@ options:
     description: File of KEY=VALUE lines (e.g. RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH) loaded before connecting.
     type: path
     default: /etc/rayops/ray-client.env
+  wait_s:
+    description:
+      - With O(state=status), wait up to this many seconds for the job to print a new progress line
+        or to finish before returning (0 returns at once).
+    type: int
+    default: 0
   log_tail:
     description: Number of log lines to return.
     type: int
@@ -76,7 +82,7 @@ progress:
   type: str
   returned: always
 error:
-  description: The job's own error sentence when it failed (a C(RAYOPS_ERROR=) line, else Ray's message).
+  description: The job's own error sentence when it failed (its C([rayops] error:) line, else Ray's message).
   type: str
   returned: when failed
 metrics:
@@ -93,6 +99,7 @@ logs_tail:
 import json
 import os
 import re
+import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -106,7 +113,7 @@ except ImportError:  # pragma: no cover - reported through fail_json
 
 _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 _METRICS = re.compile(r"^RAYOPS_METRICS_JSON=(\{.*\})\s*$")
-_ERROR = re.compile(r"^RAYOPS_ERROR=(.+)$")
+_ERROR = re.compile(r"^\[rayops\] error: (.+)$")
 
 
 def load_env_file(path: str) -> list[str]:
@@ -130,13 +137,18 @@ def summarize_logs(logs: str, tail: int) -> dict[str, object]:
     lines = logs.splitlines()
     result: dict[str, object] = {"logs_tail": lines[-tail:], "progress": ""}
     for line in lines:
-        if line.startswith("[rayops]"):
+        if line.startswith("[rayops]") and not _ERROR.match(line):
             result["progress"] = line
         if m := _METRICS.match(line):
             result["metrics"] = json.loads(m.group(1))
         if m := _ERROR.match(line):
             result["error"] = m.group(1)
     return result
+
+
+def _status(job_info: Any) -> str:
+    status = job_info.status
+    return str(status.value if isinstance(status, JobStatus) else status)
 
 
 def main() -> None:
@@ -149,6 +161,7 @@ def main() -> None:
             "metadata": {"type": "dict", "default": {}},
             "address": {"type": "str", "default": "http://127.0.0.1:8265"},
             "env_file": {"type": "path", "default": "/etc/rayops/ray-client.env"},
+            "wait_s": {"type": "int", "default": 0},
             "log_tail": {"type": "int", "default": 30},
         },
         required_if=[("state", "present", ["entrypoint"])],
@@ -191,9 +204,20 @@ def main() -> None:
         if module.check_mode:
             module.exit_json(changed=changed, status="PENDING", finished=False, progress="", logs_tail=[])
         module.fail_json(msg=f"no Ray job with submission id {job_id!r} on {p['address']}")
-    status = current.status.value if isinstance(current.status, JobStatus) else str(current.status)
+    status = _status(current)
+    summary = summarize_logs(client.get_job_logs(job_id), p["log_tail"])
+    deadline = time.monotonic() + p["wait_s"]
+    while p["state"] == "status" and status not in _TERMINAL and time.monotonic() < deadline:
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        current = info()
+        status_now = _status(current)
+        fresh = summarize_logs(client.get_job_logs(job_id), p["log_tail"])
+        changed_state = status_now != status or fresh["progress"] != summary["progress"]
+        status, summary = status_now, fresh
+        if changed_state:
+            break
     result: dict[str, object] = {"changed": changed, "status": status, "finished": status in _TERMINAL}
-    result.update(summarize_logs(client.get_job_logs(job_id), p["log_tail"]))
+    result.update(summary)
     if status == "FAILED" and "error" not in result:
         result["error"] = current.message or "the job failed without a message; see logs_tail"
     module.exit_json(**result)

@@ -21,7 +21,7 @@ def test_summarize_logs_finds_last_progress_metrics_and_error() -> None:
             "[rayops] ingest: 52416 rows",
             "[rayops] train: round 10/200",
             f"RAYOPS_METRICS_JSON={json.dumps(metrics)}",
-            "RAYOPS_ERROR=target zone 4 is unknown: use 1, 2 or 3",
+            "[rayops] error: target zone 4 is unknown: use 1, 2 or 3",
             "tail line",
         ]
     )
@@ -29,7 +29,7 @@ def test_summarize_logs_finds_last_progress_metrics_and_error() -> None:
     assert out["progress"] == "[rayops] train: round 10/200"
     assert out["metrics"] == metrics
     assert out["error"] == "target zone 4 is unknown: use 1, 2 or 3"
-    assert out["logs_tail"] == ["RAYOPS_ERROR=target zone 4 is unknown: use 1, 2 or 3", "tail line"]
+    assert out["logs_tail"] == ["[rayops] error: target zone 4 is unknown: use 1, 2 or 3", "tail line"]
 
 
 def test_summarize_logs_without_markers_reports_nothing_invented() -> None:
