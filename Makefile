@@ -14,11 +14,12 @@ APT_PACKAGES := systemd-container debootstrap iptables iproute2 openssh-client
 WORKERS ?= 2
 SUBNET ?= 10.213.7.0/24
 S3_PORT ?= 5599
+TARGET_ZONE ?= 1
 LOCAL_INVENTORY := inventory/local.pulumi_stack.yml
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k plugin"
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint test test-unit local local-up local-down local-status clean
+.PHONY: help setup lint test test-unit local local-up local-down local-status site train clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,7 +53,16 @@ test: setup ## Run every test (lint, unit, local cloud, roles, end to end); need
 test-unit: setup ## Only the tests that need no local cloud
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m "not localcloud" $(PYTEST_ARGS)
 
-local: setup local-up ## The main job on the local cloud: boot it (then site.yml, train.yml, serve)
+local: setup local-up site train ## The whole flow on the local cloud: boot it, site.yml, train.yml
+
+site: setup ## Run site.yml on the local cloud (a healthy Ray cluster under systemd)
+	$(BIN)/ansible-playbook -i $(LOCAL_INVENTORY) site.yml
+
+# DATASET=/path/to/powerconsumption.csv (or s3://, https://); default: the cache in data/, else the UCI download.
+train: setup ## Run train.yml on the local cloud (DATASET=... TARGET_ZONE=1)
+	@dataset=$$($(BIN)/python -m rayops.workflow resolve-dataset) || exit 1; \
+	echo "train: dataset $$dataset"; \
+	$(BIN)/ansible-playbook -i $(LOCAL_INVENTORY) train.yml -e "dataset=$$dataset" -e "target_zone=$(TARGET_ZONE)"
 
 local-up: setup ## Boot the local cloud (WORKERS=2 SUBNET=10.213.7.0/24 S3_PORT=5599)
 	$(BIN)/rayops-local up --workers $(WORKERS) --subnet $(SUBNET) --s3-port $(S3_PORT)
