@@ -1,0 +1,246 @@
+"""Command line: ``python -m rayops.workflow run ...`` and ``python -m rayops.workflow resolve-dataset``.
+
+``run`` prints one ``[rayops] ...`` progress line per step and, at the end, exactly one line
+``RAYOPS_METRICS_JSON=<compact json>`` (also when the model is not promoted) for the playbook to
+parse from the Ray job's logs. Exit codes: 0 promoted, 1 failure, 2 bad input or option,
+3 trained but not promoted (the current model stays in place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rayops.workflow.config import (
+    UCI_URL,
+    Buckets,
+    Thresholds,
+    WorkflowConfig,
+    XGBoostParams,
+    new_run_id,
+)
+from rayops.workflow.errors import ConfigError, NotPromotedError, WorkflowError
+
+METRICS_PREFIX = "RAYOPS_METRICS_JSON="
+log = logging.getLogger("rayops.workflow")
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]  # the stream type is not needed here
+    """Our progress handler (replaced, not duplicated, when main() runs again in one process)."""
+
+
+def _setup_logging(stream: Any) -> None:
+    logger = logging.getLogger("rayops")
+    for old in [h for h in logger.handlers if isinstance(h, _Handler)]:
+        logger.removeHandler(old)
+    handler = _Handler(stream)
+    handler.setFormatter(logging.Formatter("[rayops] %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _optional_float(text: str) -> float | None:
+    if text.lower() in ("", "none", "off"):
+        return None
+    return float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rayops.workflow",
+        description="The rayops ML workflow: raw data -> features -> XGBoost on Ray -> promoted model.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run the whole workflow (ingest, features, train, evaluate, artifacts)",
+        description="Run the workflow on the connected Ray cluster (RAY_ADDRESS / --ray-address), "
+        "or on a local Ray started for the run.",
+    )
+    run.add_argument(
+        "--dataset", default=UCI_URL, help="path, s3:// URI or https:// URL (default: the UCI zip)"
+    )
+    run.add_argument(
+        "--buckets",
+        required=True,
+        help='JSON object {"raw": ..., "features": ..., "models": ..., "results": ...} (stack outputs)',
+    )
+    run.add_argument(
+        "--s3-endpoint-url", default=None, help="S3 endpoint of the local cloud; leave out on AWS"
+    )
+    run.add_argument("--target-zone", type=int, default=1, help="zone to predict: 1, 2 or 3 (default 1)")
+    run.add_argument(
+        "--run-id", default=None, help="run id used in every S3 key (default: UTC time + random)"
+    )
+    run.add_argument("--num-workers", type=int, default=3, help="Ray Train workers, one per node (default 3)")
+    run.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (= XGBoost threads) per worker")
+    defaults = XGBoostParams()
+    run.add_argument("--num-boost-round", type=int, default=defaults.num_boost_round)
+    run.add_argument("--max-depth", type=int, default=defaults.max_depth)
+    run.add_argument("--eta", type=float, default=defaults.eta, help="learning rate")
+    run.add_argument("--subsample", type=float, default=defaults.subsample)
+    run.add_argument("--colsample-bytree", type=float, default=defaults.colsample_bytree)
+    run.add_argument("--min-child-weight", type=float, default=defaults.min_child_weight)
+    run.add_argument("--reg-lambda", type=float, default=defaults.reg_lambda)
+    run.add_argument("--seed", type=int, default=defaults.seed, help="XGBoost's random seed")
+    run.add_argument("--holdout-weeks", type=int, default=4, help="weeks at the end kept for the holdout")
+    run.add_argument("--test-fraction", type=float, default=0.2, help="seed protocol test share (0.2)")
+    run.add_argument("--split-seed", type=int, default=42, help="seed protocol random_state (42)")
+    gates = Thresholds()
+    run.add_argument(
+        "--min-r2",
+        type=_optional_float,
+        default=gates.min_r2,
+        help="promotion gate on holdout R2 ('none': off)",
+    )
+    run.add_argument("--max-rmse", type=_optional_float, default=None, help="promotion gate on holdout RMSE")
+    run.add_argument("--max-mae", type=_optional_float, default=None, help="promotion gate on holdout MAE")
+    run.add_argument("--max-mape", type=_optional_float, default=None, help="promotion gate on MAPE, percent")
+    run.add_argument("--report-every", type=int, default=100, help="rounds between reports to Ray Train")
+    run.add_argument("--git-sha", default=None, help="commit of the code, recorded in the model metadata")
+    run.add_argument("--output-metrics", type=Path, default=None, help="also write metrics.json to this path")
+    run.add_argument("--ray-address", default=None, help="Ray cluster to use (default: RAY_ADDRESS or local)")
+    run.add_argument("--local-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+
+    resolve = sub.add_parser(
+        "resolve-dataset",
+        help="print where the dataset is: $DATASET, else the cache in data/, else a verified download",
+    )
+    resolve.add_argument("--dataset", default=os.environ.get("DATASET") or None, help="default: $DATASET")
+    resolve.add_argument("--cache-dir", type=Path, default=Path("data"), help="cache folder (default data/)")
+    resolve.add_argument("--url", default=UCI_URL, help="where to download the dataset from")
+    resolve.add_argument(
+        "--upload-to", default=None, help="also upload the file to this s3:// URI and print that URI instead"
+    )
+    resolve.add_argument("--s3-endpoint-url", default=None)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> WorkflowConfig:
+    return WorkflowConfig(
+        buckets=Buckets.from_json(args.buckets),
+        dataset=args.dataset,
+        s3_endpoint_url=args.s3_endpoint_url,
+        target_zone=args.target_zone,
+        run_id=args.run_id or new_run_id(),
+        num_workers=args.num_workers,
+        cpus_per_worker=args.cpus_per_worker,
+        xgboost=XGBoostParams(
+            num_boost_round=args.num_boost_round,
+            max_depth=args.max_depth,
+            eta=args.eta,
+            subsample=args.subsample,
+            colsample_bytree=args.colsample_bytree,
+            min_child_weight=args.min_child_weight,
+            reg_lambda=args.reg_lambda,
+            seed=args.seed,
+        ),
+        thresholds=Thresholds(
+            min_r2=args.min_r2, max_rmse=args.max_rmse, max_mae=args.max_mae, max_mape=args.max_mape
+        ),
+        holdout_weeks=args.holdout_weeks,
+        test_fraction=args.test_fraction,
+        split_seed=args.split_seed,
+        report_every=args.report_every,
+        git_sha=args.git_sha,
+    )
+
+
+def _connect_ray(address: str | None, local_cpus: int | None) -> bool:
+    """Connect to the cluster (job / --ray-address) or start a local Ray; True if we started one."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if address:
+            log.info("ray: connecting to %s", address)
+            ray.init(address=address, log_to_driver=True)
+        else:
+            log.info("ray: no RAY_ADDRESS, starting a local Ray for this run")
+            ray.init(address="local", num_cpus=local_cpus, include_dashboard=False)
+    except Exception as err:
+        raise WorkflowError(
+            f"cannot connect to the Ray cluster at {address or 'a new local instance'} "
+            f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}): "
+            "start the cluster, or unset RAY_ADDRESS to run on a local Ray"
+        ) from err
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    return True
+
+
+def _emit(metrics: dict[str, Any], output: Path | None) -> None:
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        log.info("metrics written to %s", output)
+    print(METRICS_PREFIX + json.dumps(metrics, separators=(",", ":"), sort_keys=True), flush=True)
+
+
+def _fail(err: WorkflowError) -> int:
+    print(f"[rayops] error: {err}", file=sys.stderr, flush=True)
+    return err.exit_code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rayops.workflow import pipeline
+
+    try:
+        config = config_from_args(args)
+    except ConfigError as err:
+        return _fail(err)
+    started_ray = False
+    try:
+        started_ray = _connect_ray(args.ray_address, args.local_cpus)
+        metrics = pipeline.run(config)
+    except NotPromotedError as err:
+        _emit(err.metrics, args.output_metrics)
+        return _fail(err)
+    except WorkflowError as err:
+        return _fail(err)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    _emit(metrics, args.output_metrics)
+    log.info("run %s: promoted %s", metrics["run_id"], metrics["model_uri"])
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from rayops.workflow import ingest
+    from rayops.workflow.s3 import S3Store, split_s3_uri
+
+    try:
+        location = ingest.resolve_dataset(args.dataset, args.cache_dir, url=args.url)
+        if args.upload_to:
+            bucket, key = split_s3_uri(args.upload_to)
+            fetched = ingest.fetch(location, S3Store(args.s3_endpoint_url))
+            put = S3Store(args.s3_endpoint_url).put_bytes(bucket, key, fetched.data, content_type="text/csv")
+            log.info("dataset: uploaded to %s (version %s)", put.uri, put.version_id)
+            location = put.uri
+    except WorkflowError as err:
+        return _fail(err)
+    print(location, flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Progress goes to stdout for `run` (the job log); to stderr for resolve-dataset, whose
+    # stdout is the answer a Makefile captures.
+    _setup_logging(sys.stdout if args.command == "run" else sys.stderr)
+    if args.command == "run":
+        return cmd_run(args)
+    return cmd_resolve(args)

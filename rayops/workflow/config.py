@@ -1,0 +1,227 @@
+"""Settings of one workflow run, validated once, with defaults in one place.
+
+Every setting reaches the Ray workers through ``train_loop_config`` (see ``training.py``), never
+through the driver's environment, so the same values apply on a laptop and on a 3-node cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from rayops.workflow.errors import ConfigError
+
+#: The Tetouan power-consumption data on the UCI archive (a zip holding one CSV, UCI column names).
+UCI_URL = "https://archive.ics.uci.edu/static/public/849/power+consumption+of+tetouan+city.zip"
+BUCKET_KINDS = ("raw", "features", "models", "results")
+TARGET_ZONES = (1, 2, 3)
+#: The seed lab's recorded result on its random 80/20 split (hourly Zone 1 sums).
+SEED_REFERENCE = {"target_zone": 1, "rmse": 8029.0, "mae": 5502.0}
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ENDPOINT_RE = re.compile(r"^https?://[^/\s:@]+(:[0-9]{1,5})?/?$")
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """The four buckets of the stack-output contract (``outputs.buckets``)."""
+
+    raw: str
+    features: str
+    models: str
+    results: str
+
+    @classmethod
+    def from_json(cls, text: str) -> Buckets:
+        """Parse ``--buckets '{"raw": ..., "features": ..., "models": ..., "results": ...}'``."""
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"--buckets is not valid JSON ({err.msg} at character {err.pos}): pass an object like "
+                '\'{"raw": "r", "features": "f", "models": "m", "results": "o"}\''
+            ) from err
+        return cls.from_mapping(value)
+
+    @classmethod
+    def from_mapping(cls, value: Any) -> Buckets:
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"--buckets must be a JSON object with the keys {', '.join(BUCKET_KINDS)}, "
+                f"got {type(value).__name__}"
+            )
+        missing = [k for k in BUCKET_KINDS if k not in value]
+        extra = sorted(k for k in value if k not in BUCKET_KINDS)
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"lacks {', '.join(missing)}")
+            if extra:
+                parts.append(f"has unknown keys {', '.join(map(str, extra))}")
+            raise ConfigError(
+                f"--buckets {' and '.join(parts)}: it needs exactly the keys {', '.join(BUCKET_KINDS)} "
+                "(the 'buckets' object of the stack outputs)"
+            )
+        for kind in BUCKET_KINDS:
+            name = value[kind]
+            if not isinstance(name, str) or not _BUCKET_RE.match(name):
+                raise ConfigError(
+                    f"--buckets: {kind} is {name!r}, which is not an S3 bucket name "
+                    "(3-63 characters: lowercase letters, digits, dots and hyphens; no s3:// prefix)"
+                )
+        return cls(**{k: value[k] for k in BUCKET_KINDS})
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class XGBoostParams:
+    """Booster settings. Deterministic: fixed ``seed``, ``hist`` trees, one thread per CPU of a worker."""
+
+    num_boost_round: int = 400
+    max_depth: int = 6
+    eta: float = 0.05
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    min_child_weight: float = 1.0
+    reg_lambda: float = 1.0
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check_int("--num-boost-round", self.num_boost_round, 1, 100_000)
+        _check_int("--max-depth", self.max_depth, 1, 64)
+        _check_float("--eta", self.eta, 0.0, 1.0, low_open=True)
+        _check_float("--subsample", self.subsample, 0.0, 1.0, low_open=True)
+        _check_float("--colsample-bytree", self.colsample_bytree, 0.0, 1.0, low_open=True)
+        _check_float("--min-child-weight", self.min_child_weight, 0.0, 1e9)
+        _check_float("--reg-lambda", self.reg_lambda, 0.0, 1e9)
+        _check_int("--seed", self.seed, 0, 2**31 - 1)
+
+    def booster_params(self, nthread: int) -> dict[str, Any]:
+        """The ``params`` dict for ``xgboost.train`` (the boosting rounds are passed separately)."""
+        return {
+            "objective": "reg:squarederror",
+            "eval_metric": "rmse",
+            "tree_method": "hist",
+            "max_depth": self.max_depth,
+            "eta": self.eta,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "min_child_weight": self.min_child_weight,
+            "lambda": self.reg_lambda,
+            "seed": self.seed,
+            "nthread": nthread,
+        }
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Promotion gates on the time-ordered holdout, on top of "xgboost beats the baseline"."""
+
+    min_r2: float | None = 0.9
+    max_rmse: float | None = None
+    max_mae: float | None = None
+    max_mape: float | None = None  # percent
+
+    def __post_init__(self) -> None:
+        if self.min_r2 is not None:
+            _check_float("--min-r2", self.min_r2, -1e9, 1.0)
+        for flag, value in (
+            ("--max-rmse", self.max_rmse),
+            ("--max-mae", self.max_mae),
+            ("--max-mape", self.max_mape),
+        ):
+            if value is not None:
+                _check_float(flag, value, 0.0, math.inf, low_open=True)
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique run id such as ``20260101T120000Z-1a2b3c``."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class WorkflowConfig:
+    """Everything one run needs. Build it with keywords; it validates itself."""
+
+    buckets: Buckets
+    dataset: str = UCI_URL
+    s3_endpoint_url: str | None = None
+    target_zone: int = 1
+    run_id: str = field(default_factory=new_run_id)
+    num_workers: int = 3
+    cpus_per_worker: int = 1
+    xgboost: XGBoostParams = field(default_factory=XGBoostParams)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    holdout_weeks: int = 4
+    test_fraction: float = 0.2
+    split_seed: int = 42
+    report_every: int = 100
+    git_sha: str | None = None
+    fetch_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.target_zone not in TARGET_ZONES:
+            raise ConfigError(
+                f"--target-zone is {self.target_zone!r}, but the Tetouan data has zones 1, 2 and 3: "
+                "pass one of them"
+            )
+        if not _RUN_ID_RE.match(self.run_id):
+            raise ConfigError(
+                f"--run-id {self.run_id!r} is not usable in S3 keys: use 1-64 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
+        if self.s3_endpoint_url is not None and not _ENDPOINT_RE.match(self.s3_endpoint_url):
+            raise ConfigError(
+                f"--s3-endpoint-url {self.s3_endpoint_url!r} is not an endpoint URL: pass "
+                "http(s)://host[:port] without a path or credentials, or leave it out on AWS"
+            )
+        if not self.dataset.strip():
+            raise ConfigError("--dataset is empty: pass a path, an s3:// URI or an https:// URL")
+        _check_int("--num-workers", self.num_workers, 1, 1024)
+        _check_int("--cpus-per-worker", self.cpus_per_worker, 1, 1024)
+        _check_int("--holdout-weeks", self.holdout_weeks, 1, 52)
+        _check_float("--test-fraction", self.test_fraction, 0.0, 0.9, low_open=True)
+        _check_int("--split-seed", self.split_seed, 0, 2**31 - 1)
+        _check_int("--report-every", self.report_every, 1, 100_000)
+        if self.git_sha is not None and not re.fullmatch(r"[0-9a-fA-F]{7,40}", self.git_sha):
+            raise ConfigError(f"--git-sha {self.git_sha!r} is not a git commit id: pass 7-40 hex digits")
+
+    @property
+    def holdout_hours(self) -> int:
+        return self.holdout_weeks * 7 * 24
+
+    @property
+    def model_prefix(self) -> str:
+        """Key prefix of this target's models, e.g. ``zone1`` (its ``current.json`` lives there)."""
+        return f"zone{self.target_zone}"
+
+
+def _check_int(flag: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{flag} is {value!r}: pass a whole number from {low} to {high}")
+
+
+def _check_float(flag: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (value > low if low_open else value >= low)
+        and value <= high
+    )
+    if not ok:
+        bound = f"above {low:g}" if low_open else f"at least {low:g}"
+        top = "" if math.isinf(high) else f" and at most {high:g}"
+        raise ConfigError(f"{flag} is {value!r}: pass a finite number {bound}{top}")

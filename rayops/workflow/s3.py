@@ -1,0 +1,152 @@
+"""S3 access for the workflow: one boto3 client for objects, one pyarrow filesystem for Ray.
+
+Credentials always come from the default chains (environment, ~/.aws, the EC2 instance profile);
+nothing here reads, stores or prints them. ``endpoint_url`` is the local cloud's S3 endpoint, or
+``None`` on AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import pyarrow.fs
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from rayops.workflow.errors import WorkflowError
+
+
+def describe_s3_error(err: Exception) -> str:
+    """A short reason for an S3 failure, without request ids or credentials."""
+    if isinstance(err, ClientError):
+        info = err.response.get("Error", {})
+        code = info.get("Code", "error")
+        message = info.get("Message", "")
+        return f"{code}: {message}" if message else str(code)
+    if isinstance(err, NoCredentialsError):
+        return "no AWS credentials were found (environment, ~/.aws or the instance profile)"
+    return str(err) or type(err).__name__
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key); raises WorkflowError on anything else."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.netloc or not parts.path.strip("/"):
+        raise WorkflowError(f"{uri!r} is not an S3 object URI: write it as s3://bucket/key")
+    return parts.netloc, parts.path.lstrip("/")
+
+
+@dataclass(frozen=True)
+class PutResult:
+    bucket: str
+    key: str
+    version_id: str | None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class S3Store:
+    """Small wrapper around boto3 that turns every failure into one sentence."""
+
+    def __init__(self, endpoint_url: str | None = None, region: str | None = None) -> None:
+        self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
+        self.region = (
+            region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or boto3.session.Session().region_name
+            or ("us-east-1" if self.endpoint_url else None)
+        )
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                region_name=self.region,
+                config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10),
+            )
+        return self._client
+
+    def filesystem(self, bucket_for_region: str | None = None) -> pyarrow.fs.S3FileSystem:
+        """A pyarrow S3 filesystem for Ray Data and Ray Train storage (picklable, credential-free)."""
+        if self.endpoint_url:
+            parts = urlsplit(self.endpoint_url)
+            return pyarrow.fs.S3FileSystem(
+                endpoint_override=parts.netloc,
+                scheme=parts.scheme,
+                region=self.region or "us-east-1",
+            )
+        region = self.region
+        if region is None and bucket_for_region:
+            region = pyarrow.fs.resolve_s3_region(bucket_for_region)
+        return pyarrow.fs.S3FileSystem(region=region) if region else pyarrow.fs.S3FileSystem()
+
+    def _fail(self, action: str, uri: str, err: Exception, hint: str) -> WorkflowError:
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return WorkflowError(f"cannot {action} {uri}{where} ({describe_s3_error(err)}): {hint}")
+
+    def put_bytes(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> PutResult:
+        try:
+            response = self.client.put_object(
+                Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}
+            )
+        except (ClientError, BotoCoreError) as err:
+            raise self._fail(
+                "write", f"s3://{bucket}/{key}", err, "check --buckets, --s3-endpoint-url and the credentials"
+            ) from err
+        version = response.get("VersionId")
+        return PutResult(bucket, key, version if version and version != "null" else None)
+
+    def put_json(self, bucket: str, key: str, value: Any) -> PutResult:
+        body = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+        return self.put_bytes(bucket, key, body, content_type="application/json")
+
+    def get_bytes(self, bucket: str, key: str, version_id: str | None = None) -> bytes:
+        extra = {"VersionId": version_id} if version_id else {}
+        try:
+            body: bytes = self.client.get_object(Bucket=bucket, Key=key, **extra)["Body"].read()
+        except (ClientError, BotoCoreError) as err:
+            raise self._fail(
+                "read", f"s3://{bucket}/{key}", err, "check the URI, --s3-endpoint-url and the credentials"
+            ) from err
+        return body
+
+    def get_json(self, bucket: str, key: str) -> Any | None:
+        """The JSON object at a key, or None if there is no such key."""
+        if self.head(bucket, key) is None:
+            return None
+        return json.loads(self.get_bytes(bucket, key))
+
+    def head(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """The object's metadata (``VersionId``, ``Metadata``...), or None if the key does not exist."""
+        try:
+            response: dict[str, Any] = self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._fail(
+                "inspect", f"s3://{bucket}/{key}", err, "check --buckets and the credentials"
+            ) from err
+        except BotoCoreError as err:
+            raise self._fail(
+                "reach", f"s3://{bucket}/{key}", err, "check --s3-endpoint-url and the network"
+            ) from err
+        return response
