@@ -36,9 +36,14 @@ def _where(path: Any) -> str:
 
 
 def validate(outputs: Any) -> dict[str, Any]:
-    """Check ``outputs`` against contract v1 and return it; raise ContractError otherwise."""
+    """Check ``outputs`` against contract v1; return them with defaults filled in, or raise ContractError.
+
+    The one default: an absent ``s3_endpoint_url`` is null (the Pulumi SDK cannot export a top-level
+    None, so the AWS stack's outputs simply lack the key).
+    """
     if not isinstance(outputs, dict):
         raise ContractError(f"the outputs must be a JSON object, got {type(outputs).__name__}")
+    outputs = {**outputs, "s3_endpoint_url": outputs.get("s3_endpoint_url")}
     version = outputs.get("rayops_contract")
     if version != CONTRACT_VERSION:
         raise ContractError(

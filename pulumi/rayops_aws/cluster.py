@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import pulumi_aws as aws
-
 import pulumi
+import pulumi_aws as aws
 
 HEAD = "head"
 WORKER = "worker"

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pulumi_aws as aws
-
 import pulumi
+import pulumi_aws as aws
 
 # Listing and locating a bucket, listing its object versions and its unfinished multipart uploads.
 BUCKET_ACTIONS = (

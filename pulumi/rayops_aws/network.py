@@ -11,9 +11,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-import pulumi_aws as aws
-
 import pulumi
+import pulumi_aws as aws
 
 SSH_PORT = 22
 

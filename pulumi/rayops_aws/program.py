@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pulumi
 import pulumi_aws as aws
 
-import pulumi
 from rayops.contract import CONTRACT_VERSION
 
 from .cluster import Cluster, ClusterArgs

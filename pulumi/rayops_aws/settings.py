@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pulumi.runtime import config as runtime_config
-
 import pulumi
+from pulumi.runtime import config as runtime_config
 
 NAMESPACE = "rayops"
 

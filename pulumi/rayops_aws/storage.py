@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import pulumi
 import pulumi_aws as aws
 
-import pulumi
 from rayops.contract import BUCKET_KINDS
 
 ABORT_INCOMPLETE_UPLOAD_DAYS = 7

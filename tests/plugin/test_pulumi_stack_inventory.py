@@ -53,6 +53,15 @@ def test_aws_stack_with_public_ips(inventory_from):
     assert "ansible_ssh_private_key_file" not in worker
 
 
+def test_aws_stack_as_the_pulumi_cli_prints_it_without_s3_endpoint_url(inventory_from):
+    """The Pulumi SDK drops top-level None outputs: a real AWS stack has no s3_endpoint_url key."""
+    outputs = load_fixture("aws_public.json")
+    del outputs["s3_endpoint_url"]
+    inventory = inventory_from(outputs)
+    assert hostvars(inventory, "ray-worker-1")["s3_endpoint_url"] is None
+    assert group_hosts(inventory, "ray_workers") == ["ray-worker-1", "ray-worker-2"]
+
+
 def test_outputs_outside_the_contract_never_reach_the_inventory(inventory_from):
     outputs = load_fixture("aws_public.json")
     assert outputs["ray_auth_token"] == "tok-do-not-leak-0123456789"  # the fixture carries an extra output

@@ -6,10 +6,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import pulumi
 import pytest
 from pulumi_harness import AwsMocks, RunStack, StackRun, as_cli_config, base_config, run_program
-
-import pulumi
 
 
 def pytest_configure(config: pytest.Config) -> None:

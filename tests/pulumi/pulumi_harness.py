@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pulumi
 from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
-
-import pulumi
 
 PULUMI_DIR = Path(__file__).resolve().parents[2] / "pulumi"
 if str(PULUMI_DIR) not in sys.path:

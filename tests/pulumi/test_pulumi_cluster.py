@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pulumi_harness import ARM_AMI, UBUNTU_AMI, Resource, RunStack, openssh_ed25519_public_key
+
 from rayops_aws.settings import ConfigError
 
 INSTANCE = "aws:ec2/instance:Instance"

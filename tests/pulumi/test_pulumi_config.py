@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pulumi
 import pytest
 from pulumi_harness import USER_CIDR, AwsMocks, RunStack, openssh_ed25519_public_key
-from rayops_aws.settings import ConfigError, check_ssh_public_key, default_cluster_name, parse_ssh_cidrs
 
-import pulumi
+from rayops_aws.settings import ConfigError, check_ssh_public_key, default_cluster_name, parse_ssh_cidrs
 
 CIDRS = "rayops:allowedSshCidrs"
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from pulumi_harness import RunStack, StackRun
+
 from rayops_aws.iam import bucket_access_policy
 
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"

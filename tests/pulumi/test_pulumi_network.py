@@ -7,6 +7,7 @@ import logging
 
 import pytest
 from pulumi_harness import USER_CIDR, ZONES, Resource, RunStack, StackRun
+
 from rayops_aws.network import subnet_cidrs
 
 SG = "aws:ec2/securityGroup:SecurityGroup"
