@@ -24,12 +24,20 @@ class Cluster:
 
     def playbook(self, playbook: str, *extra: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
         """Run a playbook from the repo root as a user would, against this cluster."""
-        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-               "PATH": f"{BIN}:{os.environ['PATH']}",
-               "ANSIBLE_FORCE_COLOR": "0"}
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "ANSIBLE_FORCE_COLOR": "0",
+        }
         proc = subprocess.run(
             [str(BIN / "ansible-playbook"), "-i", str(self.inventory), playbook, *extra],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         # Keep the play's output in the test log: it is what a user would read.
         sys.stdout.write(proc.stdout[-6000:])
@@ -39,8 +47,9 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     state = tmp_path_factory.mktemp("e2e") / "state"
-    cloud = LocalCloud(CloudSpec(name="re2e", workers=2, subnet="10.213.60.0/24", s3_port=5660,
-                                 state_dir=str(state)))
+    cloud = LocalCloud(
+        CloudSpec(name="re2e", workers=2, subnet="10.213.60.0/24", s3_port=5660, state_dir=str(state))
+    )
     try:
         cloud.up()
         inventory = state / "cluster.pulumi_stack.yml"

@@ -19,8 +19,9 @@ BIN = Path(sys.executable).parent
 
 def ansible(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    return subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=180, check=False)
+    return subprocess.run(
+        [str(BIN / tool), *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=180, check=False
+    )
 
 
 @pytest.fixture
@@ -39,8 +40,9 @@ def test_graph_lists_head_and_workers(inventory: Path) -> None:
 
 
 def test_ping_reaches_every_node_over_ssh_and_become_works(inventory: Path) -> None:
-    proc = ansible("ansible", "all", "-i", str(inventory), "-b", "-m", "ansible.builtin.command",
-                   "-a", "id -u", "-o")
+    proc = ansible(
+        "ansible", "all", "-i", str(inventory), "-b", "-m", "ansible.builtin.command", "-a", "id -u", "-o"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "CHANGED" in line]
     assert sorted(line.split()[0] for line in lines) == ["rtest-head", "rtest-worker-1", "rtest-worker-2"]
