@@ -200,9 +200,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         return _fail(err)
     started_ray = False
-    try:
+
+    def connect() -> None:
+        nonlocal started_ray
         started_ray = _connect_ray(args.ray_address, args.local_cpus)
-        metrics = pipeline.run(config)
+
+    try:
+        metrics = pipeline.run(config, connect=connect)
     except NotPromotedError as err:
         _emit(err.metrics, args.output_metrics)
         return _fail(err)

@@ -100,8 +100,8 @@ def add_calendar(batch: pd.DataFrame) -> pd.DataFrame:
     out = batch.copy()
     stamps = pd.to_datetime(out["hour"].to_numpy() * 3600, unit="s")
     hour = stamps.hour.to_numpy()
-    dow = stamps.dayofweek.to_numpy()
-    doy = stamps.dayofyear.to_numpy()
+    dow = stamps.day_of_week.to_numpy()
+    doy = stamps.day_of_year.to_numpy()
     month = stamps.month.to_numpy()
     out[TIMESTAMP] = stamps
     out["hour_of_day"] = hour.astype("float64")
@@ -181,6 +181,8 @@ def build_features(raw: pd.DataFrame, target_zone: int, blocks: int = 4) -> Feat
         .materialize()
     )
     frame = features.to_pandas().sort_values(TIMESTAMP, kind="stable").reset_index(drop=True)
+    # Plain numpy dtypes on the driver (Ray may hand back Arrow-backed columns).
+    frame = frame.astype({TIMESTAMP: "datetime64[ns]", **dict.fromkeys(frame.columns[1:], "float64")})
     per_hour = raw["datetime"].dt.floor("h").value_counts()
     usual = int(per_hour.mode().max()) if len(per_hour) else 0
     return FeatureSet(

@@ -1,15 +1,17 @@
 """The whole workflow, stage by stage: ingest -> features -> train -> evaluate -> artifacts.
 
-``run(config)`` needs a connected Ray (``ray.init``); the CLI (``python -m rayops.workflow run``)
-connects to the job's cluster or starts a local one. It returns the metrics object written to
-``runs/<run id>/metrics.json`` in the results bucket, or raises NotPromotedError (carrying that
-object) after writing every artifact except the ``current.json`` pointer.
+``run(config)`` needs a connected Ray from stage 2 on (``ray.init``, or the ``connect`` callback);
+the CLI (``python -m rayops.workflow run``) connects to the job's cluster or starts a local one.
+It returns the metrics object written to ``runs/<run id>/metrics.json`` in the results bucket, or
+raises NotPromotedError (carrying that object) after writing every artifact except the
+``current.json`` pointer.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -86,8 +88,14 @@ def features_manifest(
     }
 
 
-def run(config: WorkflowConfig, store: S3Store | None = None) -> dict[str, Any]:
-    """Run every stage; see the module docstring."""
+def run(
+    config: WorkflowConfig, store: S3Store | None = None, connect: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Run every stage; see the module docstring.
+
+    ``connect`` (e.g. ``ray.init``) is called after the ingest stage, so bad input fails in seconds
+    without starting a local Ray.
+    """
     store = store or S3Store(config.s3_endpoint_url)
     buckets = config.buckets
     prefix = config.model_prefix
@@ -116,6 +124,8 @@ def run(config: WorkflowConfig, store: S3Store | None = None) -> dict[str, Any]:
             table.frame["datetime"].max(),
         )
         ingested = ingest.upload_raw(store, buckets.raw, fetched, table)
+    if connect is not None:
+        connect()
 
     # 2. features with Ray Data ---------------------------------------------------------------
     with _Stage(2, "features", timings):

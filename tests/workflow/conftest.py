@@ -1,0 +1,118 @@
+"""Fixtures of the workflow tests: test-only AWS settings, a moto S3 server on loopback, a local Ray.
+
+Nothing here talks to anything but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from rayops.workflow.config import Buckets
+from rayops.workflow.s3 import S3Store
+
+TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def aws_test_env() -> Iterator[dict[str, str]]:
+    """Fake credentials for moto, set for this module only (Ray workers started here inherit them)."""
+    saved = {k: os.environ.get(k) for k in TEST_ENV}
+    os.environ.update(TEST_ENV)
+    yield TEST_ENV
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint(aws_test_env: dict[str, str]) -> Iterator[str]:
+    """A moto S3 server on a free loopback port (the .venv's moto_server)."""
+    port = free_port()
+    binary = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(endpoint, timeout=2):
+                break
+        except urllib.error.HTTPError:
+            break  # it answers
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.2)
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
+def s3(moto_endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def store(moto_endpoint: str) -> S3Store:
+    return S3Store(moto_endpoint)
+
+
+def make_buckets(s3: Any, versioned: bool = True) -> Buckets:
+    suffix = uuid.uuid4().hex[:10]
+    names = {kind: f"t-{kind}-{suffix}" for kind in ("raw", "features", "models", "results")}
+    for name in names.values():
+        s3.create_bucket(Bucket=name)
+        if versioned:
+            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return Buckets(**names)
+
+
+@pytest.fixture
+def buckets(s3: Any) -> Buckets:
+    """Four fresh versioned buckets, like the stack creates."""
+    return make_buckets(s3)
+
+
+@pytest.fixture(scope="module")
+def ray_local(aws_test_env: dict[str, str]) -> Iterator[None]:
+    """A small local Ray (2 CPUs), shut down after the module."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()

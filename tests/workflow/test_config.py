@@ -1,0 +1,85 @@
+"""Options of a run: good values accepted, bad ones refused with one sentence naming the option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rayops.workflow.config import Buckets, Thresholds, WorkflowConfig, XGBoostParams
+from rayops.workflow.errors import ConfigError
+
+GOOD = {"raw": "rayops-raw", "features": "rayops-features", "models": "rayops-models", "results": "rayops-results"}
+
+
+def test_buckets_from_stack_outputs_json() -> None:
+    buckets = Buckets.from_json(json.dumps(GOOD))
+    assert buckets.to_dict() == GOOD
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{not json", "--buckets is not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "models"}), "lacks models"),
+        (json.dumps({**GOOD, "logs": "x-logs"}), "unknown keys logs"),
+        (json.dumps({**GOOD, "raw": "s3://rayops-raw"}), "raw is 's3://rayops-raw'"),
+        (json.dumps({**GOOD, "results": "Upper_Case"}), "results is 'Upper_Case'"),
+    ],
+)
+def test_bad_buckets_name_the_problem(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match="^--buckets") as info:
+        Buckets.from_json(text)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"target_zone": 4}, "--target-zone is 4, but the Tetouan data has zones 1, 2 and 3"),
+        ({"target_zone": 0}, "--target-zone is 0"),
+        ({"run_id": "../etc"}, "--run-id '../etc' is not usable in S3 keys"),
+        ({"s3_endpoint_url": "127.0.0.1:9000"}, "--s3-endpoint-url '127.0.0.1:9000' is not an endpoint URL"),
+        ({"s3_endpoint_url": "http://user:pw@host:9000"}, "is not an endpoint URL"),
+        ({"num_workers": 0}, "--num-workers is 0"),
+        ({"holdout_weeks": 0}, "--holdout-weeks is 0"),
+        ({"test_fraction": 1.5}, "--test-fraction is 1.5"),
+        ({"git_sha": "not-a-sha"}, "--git-sha 'not-a-sha' is not a git commit id"),
+        ({"dataset": "  "}, "--dataset is empty"),
+    ],
+)
+def test_bad_options_name_the_option(kwargs: dict[str, object], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        WorkflowConfig(buckets=Buckets(**GOOD), **kwargs)  # type: ignore[arg-type]
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("factory", "expected"),
+    [
+        (lambda: XGBoostParams(num_boost_round=0), "--num-boost-round is 0"),
+        (lambda: XGBoostParams(eta=0.0), "--eta is 0.0: pass a finite number above 0"),
+        (lambda: XGBoostParams(subsample=1.5), "--subsample is 1.5"),
+        (lambda: Thresholds(min_r2=1.5), "--min-r2 is 1.5"),
+        (lambda: Thresholds(max_rmse=-1.0), "--max-rmse is -1.0"),
+        (lambda: Thresholds(max_mape=float("nan")), "--max-mape is nan"),
+    ],
+)
+def test_bad_model_options(factory: object, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        factory()  # type: ignore[operator]
+    assert expected in str(info.value)
+
+
+def test_defaults_are_deterministic_booster_params() -> None:
+    params = XGBoostParams().booster_params(nthread=1)
+    assert params["seed"] == 42
+    assert params["tree_method"] == "hist"
+    assert params["nthread"] == 1
+    config = WorkflowConfig(buckets=Buckets(**GOOD))
+    assert config.target_zone == 1
+    assert config.model_prefix == "zone1"
+    assert config.holdout_hours == 4 * 168
+    assert config.run_id != WorkflowConfig(buckets=Buckets(**GOOD)).run_id
