@@ -9,7 +9,12 @@ import pytest
 from rayops.workflow.config import Buckets, Thresholds, WorkflowConfig, XGBoostParams
 from rayops.workflow.errors import ConfigError
 
-GOOD = {"raw": "rayops-raw", "features": "rayops-features", "models": "rayops-models", "results": "rayops-results"}
+GOOD = {
+    "raw": "rayops-raw",
+    "features": "rayops-features",
+    "models": "rayops-models",
+    "results": "rayops-results",
+}
 
 
 def test_buckets_from_stack_outputs_json() -> None:
@@ -29,7 +34,7 @@ def test_buckets_from_stack_outputs_json() -> None:
     ],
 )
 def test_bad_buckets_name_the_problem(text: str, expected: str) -> None:
-    with pytest.raises(ConfigError, match="^--buckets") as info:
+    with pytest.raises(ConfigError, match=r"^--buckets") as info:
         Buckets.from_json(text)
     assert expected in str(info.value)
     assert "\n" not in str(info.value)

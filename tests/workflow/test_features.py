@@ -127,5 +127,6 @@ def test_ray_data_pipeline(ray_local: Any) -> None:
     np.testing.assert_allclose(at["temperature"], means.loc[at.index], rtol=1e-12)
     assert (at["temperature"] % 1 != 0).any()  # float means, not truncated to integers
     for k in LAGS:
-        np.testing.assert_allclose(at[f"target_lag{k}"], sums.loc[at.index - pd.Timedelta(hours=k)], rtol=1e-12)
+        earlier = sums.loc[at.index - pd.Timedelta(hours=k)]
+        np.testing.assert_allclose(at[f"target_lag{k}"], earlier, rtol=1e-12)
     assert fset.dataset.count() == len(frame)

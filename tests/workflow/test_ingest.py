@@ -26,7 +26,7 @@ def serve(routes: dict[str, bytes]) -> Iterator[str]:
     """A throwaway HTTP server on 127.0.0.1 serving ``routes`` (404 elsewhere); yields its base URL."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             body = routes.get(self.path)
             if body is None:
                 self.send_error(404, "Not Found")
@@ -89,7 +89,8 @@ def test_values_are_parsed_as_floats_not_truncated() -> None:
 
 def test_iso_timestamps_are_accepted() -> None:
     table = synth.frame(days=1)
-    table["Datetime"] = pd.date_range("2017-01-02", periods=len(table), freq="10min").strftime("%Y-%m-%d %H:%M:%S")
+    stamps = pd.date_range("2017-01-02", periods=len(table), freq="10min")
+    table["Datetime"] = stamps.strftime("%Y-%m-%d %H:%M:%S")
     frame = ingest.parse(fetched(synth.csv_bytes(table)), 1).frame
     assert frame["datetime"].iloc[1] == pd.Timestamp("2017-01-02 00:10")
 
@@ -158,8 +159,9 @@ def test_too_short_for_the_lags_and_holdout() -> None:
     with pytest.raises(DataError) as info:
         ingest.check_history(table, holdout_hours=4 * 168)
     assert str(info.value) == (
-        "powerconsumption.csv covers only 528 hours, but the workflow needs at least 1008: 168 hours of history "
-        "for the lags, the 4-week holdout and 168 hours to train on; pass a longer file or lower --holdout-weeks"
+        "powerconsumption.csv covers only 528 hours, but the workflow needs at least 1008: 168 hours of "
+        "history for the lags, the 4-week holdout and 168 hours to train on; pass a longer file or lower "
+        "--holdout-weeks"
     )
     assert ingest.check_history(table, holdout_hours=168) == 528
 

@@ -41,7 +41,8 @@ def frame(days: int = 35, seed: int = 0, start: str = "2017-01-02", rows: int | 
     hour = stamps.hour.to_numpy() + stamps.minute.to_numpy() / 60
     weekend = (stamps.day_of_week.to_numpy() >= 5).astype(float)
     day = np.arange(n) / 144
-    temp = 15 + 6 * np.sin(2 * np.pi * (hour - 9) / 24) + 3 * np.sin(2 * np.pi * day / 9) + rng.normal(0, 0.4, n)
+    temp = 15 + 6 * np.sin(2 * np.pi * (hour - 9) / 24) + 3 * np.sin(2 * np.pi * day / 9)
+    temp = temp + rng.normal(0, 0.4, n)
     humidity = 70 - 1.5 * (temp - 15) + rng.normal(0, 2, n)
     wind = np.abs(rng.normal(1.0, 0.8, n))
     general = np.clip(600 * np.sin(np.pi * (hour - 6) / 12), 0, None) + rng.uniform(0, 5, n)
