@@ -335,9 +335,11 @@ def run(
                 },
             )
             log.info("artifacts: promoted %s -> %s", model_put.uri, metrics["current_uri"])
-        timings["total"] = round(time.perf_counter() - started, 3)
-        store.put_json(buckets.results, f"{results_base}/metrics.json", metrics)
-        log.info("artifacts: metrics %s, report %s", metrics["metrics_uri"], metrics["report_uri"])
+
+    # The run's record, written last (after the promotion pointer), with every stage's time.
+    timings["total"] = round(time.perf_counter() - started, 3)
+    store.put_json(buckets.results, f"{results_base}/metrics.json", metrics)
+    log.info("artifacts: metrics %s, report %s", metrics["metrics_uri"], metrics["report_uri"])
 
     if not decision.promoted:
         raise NotPromotedError(

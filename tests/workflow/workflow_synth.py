@@ -54,6 +54,7 @@ def frame(days: int = 35, seed: int = 0, start: str = "2017-01-02", rows: int | 
         + 14000 * evening * (1 - 0.8 * weekend)
         + 6000 * morning * (1 - weekend)
         + 350 * np.clip(temp - 18, 0, None) ** 2
+        + 9000 * (temp > 19) * (1 - weekend)
         + rng.normal(0, 300, n)
     )
     zone2 = 0.6 * zone1 + rng.normal(0, 200, n)

@@ -1,0 +1,307 @@
+"""End to end, through the real entrypoint: `python -m rayops.workflow run` in a subprocess, on a
+local Ray it starts itself, against the moto S3 server on loopback, with small synthetic data.
+
+One good run is shared by the tests below; a second run on the same data must give the same
+metrics; a run that misses a threshold and a run on bad data must leave the promoted model and
+the last good data version where they were.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import workflow_synth as synth
+import xgboost
+from conftest import TEST_ENV, free_port, make_buckets
+
+from rayops.workflow import evaluate, features
+from rayops.workflow.cli import METRICS_PREFIX
+from rayops.workflow.config import Buckets
+
+REPO = Path(__file__).resolve().parents[2]
+GIT_SHA = "0123456789abcdef0123456789abcdef01234567"
+SMALL = [
+    "--holdout-weeks",
+    "1",
+    "--num-boost-round",
+    "60",
+    "--eta",
+    "0.2",
+    "--report-every",
+    "20",
+    "--local-cpus",
+    "2",
+]
+
+
+def run_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **TEST_ENV}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "rayops.workflow", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def metrics_line(stdout: str) -> dict[str, Any]:
+    lines = [line for line in stdout.splitlines() if line.startswith(METRICS_PREFIX)]
+    assert len(lines) == 1, stdout[-3000:]
+    parsed: dict[str, Any] = json.loads(lines[0][len(METRICS_PREFIX) :])
+    return parsed
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("[rayops] error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0][len("[rayops] error: ") :]
+
+
+def get_json(s3: Any, bucket: str, key: str, **extra: Any) -> Any:
+    return json.loads(s3.get_object(Bucket=bucket, Key=key, **extra)["Body"].read())
+
+
+@dataclass
+class Run:
+    proc: subprocess.CompletedProcess[str]
+    metrics: dict[str, Any]
+    buckets: Buckets
+    dataset: Path
+    output: Path
+    endpoint: str
+
+
+@pytest.fixture(scope="module")
+def good_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    buckets = make_buckets(s3)
+    folder = tmp_path_factory.mktemp("good")
+    dataset = folder / "powerconsumption.csv"
+    dataset.write_bytes(synth.csv_bytes(synth.frame(days=35)))
+    output = folder / "out" / "metrics.json"
+    proc = run_cli(
+        "--dataset",
+        str(dataset),
+        "--buckets",
+        json.dumps(buckets.to_dict()),
+        "--s3-endpoint-url",
+        moto_endpoint,
+        "--run-id",
+        "good-1",
+        "--git-sha",
+        GIT_SHA,
+        "--output-metrics",
+        str(output),
+        *SMALL,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return Run(proc, metrics_line(proc.stdout), buckets, dataset, output, moto_endpoint)
+
+
+def test_progress_lines_and_metrics_object(good_run: Run, s3: Any) -> None:
+    out = good_run.proc.stdout
+    for stage in ("1/5 ingest", "2/5 features", "3/5 train", "4/5 evaluate", "5/5 artifacts"):
+        assert f"[rayops] stage {stage}: done in" in out
+    assert "[rayops] train: the cluster has room for 2 worker(s)" in out  # local fallback, logged
+    m = good_run.metrics
+    b = good_run.buckets
+    for key in ("run_id", "data_version", "target", "holdout", "seed_protocol", "promoted", "model_uri"):
+        assert key in m
+    assert m["run_id"] == "good-1"
+    assert m["target"] == "zone1"
+    assert m["promoted"] is True
+    assert m["model_uri"] == f"s3://{b.models}/zone1/runs/good-1/model.ubj"
+    for protocol in ("holdout", "seed_protocol"):
+        assert set(m[protocol]) == {"xgboost", "baseline"}
+        for model in ("xgboost", "baseline"):
+            assert set(m[protocol][model]) == {"rmse", "mae", "mape", "r2"}
+            assert all(isinstance(v, float) for v in m[protocol][model].values())
+    assert m["holdout"]["xgboost"]["rmse"] < m["holdout"]["baseline"]["rmse"]
+    assert m["splits"]["holdout"]["test_rows"] == 168
+    # the same object in three places: job log line, --output-metrics, results bucket
+    assert json.loads(good_run.output.read_text()) == m
+    assert get_json(s3, b.results, "runs/good-1/metrics.json") == m
+
+
+def test_artifacts_carry_lineage_and_reproduce_the_metrics(good_run: Run, s3: Any) -> None:
+    b, m = good_run.buckets, good_run.metrics
+    raw_head = s3.head_object(Bucket=b.raw, Key="datasets/powerconsumption.csv")
+    assert raw_head["VersionId"] == m["data_version"]
+
+    manifest = get_json(s3, b.features, "zone1/runs/good-1/manifest.json")
+    assert manifest["source"]["version_id"] == m["data_version"]
+    assert manifest["features"] == features.feature_columns()
+    assert get_json(s3, b.features, "zone1/latest.json") == manifest
+
+    metadata = get_json(s3, b.models, "zone1/runs/good-1/metadata.json")
+    assert metadata["data"]["version_id"] == m["data_version"]
+    assert metadata["data"]["features_manifest_uri"] == m["features_manifest_uri"]
+    assert metadata["features"] == manifest["features"]
+    assert metadata["git_sha"] == GIT_SHA
+    assert {"ray", "xgboost-cpu", "scikit-learn", "pandas", "pyarrow", "python"} <= set(
+        metadata["package_versions"]
+    )
+    assert metadata["params"]["num_boost_round"] == 60
+    assert metadata["metrics"] == {"holdout": m["holdout"], "seed_protocol": m["seed_protocol"]}
+
+    current = get_json(s3, b.models, "zone1/current.json")
+    assert current["run_id"] == "good-1"
+    assert current["model_uri"] == m["model_uri"]
+
+    booster = xgboost.Booster()
+    booster.load_model(
+        bytearray(s3.get_object(Bucket=b.models, Key="zone1/runs/good-1/model.ubj")["Body"].read())
+    )
+    assert booster.feature_names == manifest["features"]
+    assert booster.num_boosted_rounds() == 60
+
+    # Read the features back from the bucket, redo the holdout split, predict with the stored model:
+    # the recorded holdout metrics must come out again.
+    parts = s3.list_objects_v2(Bucket=b.features, Prefix="zone1/runs/good-1/data/")["Contents"]
+    keys = [p["Key"] for p in parts if p["Key"].endswith(".parquet")]
+    assert keys
+    tables = [pq.read_table(io.BytesIO(s3.get_object(Bucket=b.features, Key=k)["Body"].read())) for k in keys]
+    frame = pa.concat_tables(tables).to_pandas().sort_values(features.TIMESTAMP).reset_index(drop=True)
+    assert len(frame) == manifest["rows"]
+    _, holdout = evaluate.time_split(frame, holdout_weeks=1)
+    predicted = booster.predict(
+        xgboost.DMatrix(holdout[manifest["features"]], feature_names=manifest["features"])
+    )
+    again = evaluate.regression_metrics(holdout[features.TARGET].to_numpy(), predicted)
+    for key in ("rmse", "mae", "mape", "r2"):
+        assert again[key] == pytest.approx(m["holdout"]["xgboost"][key], rel=1e-6)
+
+    report = s3.get_object(Bucket=b.results, Key="runs/good-1/report.md")["Body"].read().decode()
+    assert "# rayops run good-1" in report
+    for image in ("pred_vs_actual.png", "residuals.png", "feature_importance.png"):
+        assert f"]({image})" in report
+        png = s3.get_object(Bucket=b.results, Key=f"runs/good-1/{image}")["Body"].read()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(png) > 5000
+
+
+def test_same_data_again_same_metrics_and_a_missed_threshold_keeps_current(good_run: Run, s3: Any) -> None:
+    b = good_run.buckets
+    before = s3.head_object(Bucket=b.models, Key="zone1/current.json")["VersionId"]
+    proc = run_cli(
+        "--dataset",
+        str(good_run.dataset),
+        "--buckets",
+        json.dumps(b.to_dict()),
+        "--s3-endpoint-url",
+        good_run.endpoint,
+        "--run-id",
+        "good-2",
+        "--min-r2",
+        "0.99999",
+        *SMALL,
+    )
+    assert proc.returncode == 3, proc.stdout[-4000:] + proc.stderr[-4000:]
+    m = metrics_line(proc.stdout)
+    assert m["promoted"] is False
+    # deterministic: the same data gives the same numbers, to the last bit
+    assert m["holdout"] == good_run.metrics["holdout"]
+    assert m["seed_protocol"] == good_run.metrics["seed_protocol"]
+    assert m["data_version"] == good_run.metrics["data_version"]  # same bytes, same raw version
+    r2 = m["holdout"]["xgboost"]["r2"]
+    assert error_line(proc.stderr) == (
+        f"the model of run good-2 was not promoted (holdout R2 {r2:.4f} is below --min-r2 0.99999); "
+        f"s3://{b.models}/zone1/current.json still names the previous model"
+    )
+    assert s3.head_object(Bucket=b.models, Key="zone1/current.json")["VersionId"] == before
+    assert get_json(s3, b.models, "zone1/current.json")["run_id"] == "good-1"
+    assert get_json(s3, b.results, "runs/good-2/metrics.json") == m  # the run is still on record
+
+
+def test_bad_data_is_refused_before_anything_is_written(good_run: Run, s3: Any, tmp_path: Path) -> None:
+    b = good_run.buckets
+    table = synth.frame(days=35).astype({"Temperature": object})
+    table.loc[100, "Temperature"] = "n/a"
+    bad = tmp_path / "powerconsumption.csv"  # same name as the good file: same raw key
+    bad.write_bytes(synth.csv_bytes(table))
+    raw_versions = s3.list_object_versions(Bucket=b.raw)["Versions"]
+    latest = get_json(s3, b.features, "zone1/latest.json")
+    current = s3.head_object(Bucket=b.models, Key="zone1/current.json")["VersionId"]
+
+    proc = run_cli(
+        "--dataset",
+        str(bad),
+        "--buckets",
+        json.dumps(b.to_dict()),
+        "--s3-endpoint-url",
+        good_run.endpoint,
+        *SMALL,
+    )
+    assert proc.returncode == 2
+    assert error_line(proc.stderr) == (
+        "column Temperature of powerconsumption.csv has the non-numeric value 'n/a' on line 102: every "
+        "weather and consumption value must be a number, fix or remove that line"
+    )
+    assert "Traceback" not in proc.stderr
+    assert METRICS_PREFIX not in proc.stdout
+    assert "starting a local Ray" not in proc.stdout  # failed in stage 1, before Ray
+    assert s3.list_object_versions(Bucket=b.raw)["Versions"] == raw_versions
+    assert get_json(s3, b.features, "zone1/latest.json") == latest
+    assert latest["source"]["version_id"] == good_run.metrics["data_version"]
+    assert s3.head_object(Bucket=b.models, Key="zone1/current.json")["VersionId"] == current
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            ["--target-zone", "4"],
+            "--target-zone is 4, but the Tetouan data has zones 1, 2 and 3: pass one of them",
+        ),
+        (
+            ["--buckets", '{"raw": "a-raw"}'],
+            "--buckets lacks features, models, results: it needs exactly the keys",
+        ),
+        (["--dataset", "/nonexistent/powerconsumption.csv"], "cannot read the dataset /nonexistent/"),
+        (["--dataset", "UNREACHABLE"], "cannot read the dataset http://127.0.0.1:"),
+        (["--dataset", "SHORT"], "covers only 480 hours, but the workflow needs at least 504"),
+        (["--dataset", "COLUMNS"], "lacks the column(s) PowerConsumption_Zone1"),
+        (["--num-boost-round", "0"], "--num-boost-round is 0: pass a whole number from 1 to 100000"),
+    ],
+)
+def test_bad_input_one_sentence_exit_2(
+    good_run: Run, tmp_path: Path, change: list[str], expected: str
+) -> None:
+    args = {
+        "--dataset": str(good_run.dataset),
+        "--buckets": json.dumps(good_run.buckets.to_dict()),
+        "--s3-endpoint-url": good_run.endpoint,
+    }
+    key, value = change
+    if value == "UNREACHABLE":
+        value = f"http://127.0.0.1:{free_port()}/tetouan.zip"
+    elif value == "SHORT":
+        value = str(tmp_path / "short.csv")
+        Path(value).write_bytes(synth.csv_bytes(synth.frame(days=20)))
+    elif value == "COLUMNS":
+        value = str(tmp_path / "columns.csv")
+        Path(value).write_bytes(
+            synth.csv_bytes(synth.frame(days=1)).replace(b"PowerConsumption_Zone1", b"Z1")
+        )
+    args[key] = value
+    proc = run_cli(*SMALL, *[x for pair in args.items() for x in pair], timeout=120)  # ours last: they win
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert expected in error_line(proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert METRICS_PREFIX not in proc.stdout
