@@ -104,13 +104,6 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-try:
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    HAS_RAY = True
-except ImportError:  # pragma: no cover - reported through fail_json
-    HAS_RAY = False
-
 _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 _METRICS = re.compile(r"^RAYOPS_METRICS_JSON=(\{.*\})\s*$")
 _ERROR = re.compile(r"^\[rayops\] error: (.+)$")
@@ -148,7 +141,7 @@ def summarize_logs(logs: str, tail: int) -> dict[str, object]:
 
 def _status(job_info: Any) -> str:
     status = job_info.status
-    return str(status.value if isinstance(status, JobStatus) else status)
+    return str(getattr(status, "value", status))
 
 
 def main() -> None:
@@ -167,10 +160,13 @@ def main() -> None:
         required_if=[("state", "present", ["entrypoint"])],
         supports_check_mode=True,
     )
-    if not HAS_RAY:
-        module.fail_json(msg=missing_required_lib("ray") + "; run the task with the cluster venv's python")
     p = module.params
+    # Ray reads RAY_AUTH_MODE and the token when it is imported: load the env file first.
     load_env_file(p["env_file"])
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError:
+        module.fail_json(msg=missing_required_lib("ray") + "; run the task with the cluster venv's python")
     try:
         client = JobSubmissionClient(p["address"])
     except Exception as err:
