@@ -1,0 +1,72 @@
+"""Fault tests on a real local cloud: Ray under systemd recovers, rejoins, and restarts only what changed.
+
+The deadlines below are the recovery promises of the roles (the issue's "back within 60 s"), used as
+bounds for waiting, not as measurements; the measured times are printed for the benchmark notes.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import RayCluster, recap
+
+pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
+
+
+def test_second_site_run_changes_nothing(ray_cluster: RayCluster) -> None:
+    run = ray_cluster.playbook("site.yml")
+    assert run.returncode == 0, run.stdout[-3000:]
+    counters = recap(run.stdout)
+    assert set(counters) == {ray_cluster.head, *ray_cluster.workers}
+    assert all(c["changed"] == 0 for c in counters.values()), counters
+
+
+def test_killed_head_is_restarted_and_workers_rejoin(ray_cluster: RayCluster) -> None:
+    before = ray_cluster.unit_invocation(ray_cluster.head, "ray-head")
+    killed = ray_cluster.ssh(ray_cluster.head, "systemctl kill --signal=SIGKILL ray-head")
+    assert killed.returncode == 0, killed.stderr
+    took = ray_cluster.wait_alive(3, deadline_s=60)
+    print(f"head killed -> 3 nodes alive again after {took:.1f} s")
+    assert ray_cluster.unit_invocation(ray_cluster.head, "ray-head") != before, (
+        "systemd did not restart ray-head"
+    )
+    for worker in ray_cluster.workers:
+        active = ray_cluster.ssh(worker, "systemctl is-active ray-worker")
+        assert active.stdout.strip() == "active", f"{worker}: {active.stdout}"
+
+
+def test_stopped_worker_machine_rejoins_after_start(ray_cluster: RayCluster) -> None:
+    worker = ray_cluster.workers[-1]
+    ray_cluster.cloud.stop_machine(worker)
+    try:
+        ray_cluster.wait_alive(2, deadline_s=120)
+    finally:
+        ray_cluster.cloud.start_machine(worker)
+    took = ray_cluster.wait_alive(3, deadline_s=180)
+    print(f"{worker} started -> 3 nodes alive again after {took:.1f} s")
+
+
+def test_changed_worker_variable_restarts_only_the_workers(ray_cluster: RayCluster) -> None:
+    units = [(ray_cluster.head, "ray-head"), (ray_cluster.head, "jupyterlab")]
+    units += [(w, "ray-worker") for w in ray_cluster.workers]
+    before = {u: ray_cluster.unit_invocation(*u) for u in units}
+    try:
+        run = ray_cluster.playbook("site.yml", "-e", "ray_worker_num_cpus=2")
+        assert run.returncode == 0, run.stdout[-3000:]
+        counters = recap(run.stdout)
+        assert counters[ray_cluster.head]["changed"] == 0, counters
+        assert all(counters[w]["changed"] > 0 for w in ray_cluster.workers), counters
+        after = {u: ray_cluster.unit_invocation(*u) for u in units}
+        assert after[(ray_cluster.head, "ray-head")] == before[(ray_cluster.head, "ray-head")]
+        assert after[(ray_cluster.head, "jupyterlab")] == before[(ray_cluster.head, "jupyterlab")]
+        for w in ray_cluster.workers:
+            assert after[(w, "ray-worker")] != before[(w, "ray-worker")], f"{w} was not restarted"
+        # site.yml's own health check waited for 1 + 2 + 2 CPUs; confirm from the head.
+        status = ray_cluster.ssh(
+            ray_cluster.head,
+            "sudo -u ray bash -c 'set -a; . /etc/rayops/ray-client.env; set +a; "
+            "/opt/rayops/venv/bin/ray status'",
+        )
+        assert "/5.0 CPU" in status.stdout, status.stdout
+    finally:
+        restore = ray_cluster.playbook("site.yml")
+        assert restore.returncode == 0, restore.stdout[-3000:]
