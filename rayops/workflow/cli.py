@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-mae", type=_optional_float, default=None, help="promotion gate on holdout MAE")
     run.add_argument("--max-mape", type=_optional_float, default=None, help="promotion gate on MAPE, percent")
     run.add_argument("--report-every", type=int, default=100, help="rounds between reports to Ray Train")
-    run.add_argument("--git-sha", default=None, help="commit of the code, recorded in the model metadata")
+    run.add_argument(
+        "--git-sha", default=None, help="commit of the code, recorded in the model metadata ('unknown': none)"
+    )
     run.add_argument("--output-metrics", type=Path, default=None, help="also write metrics.json to this path")
     run.add_argument("--ray-address", default=None, help="Ray cluster to use (default: RAY_ADDRESS or local)")
     run.add_argument("--local-cpus", type=int, default=None, help="CPUs of a locally started Ray")
@@ -149,7 +151,8 @@ def config_from_args(args: argparse.Namespace) -> WorkflowConfig:
         test_fraction=args.test_fraction,
         split_seed=args.split_seed,
         report_every=args.report_every,
-        git_sha=args.git_sha,
+        # "unknown" is what a playbook passes when the controller's copy is not a git checkout.
+        git_sha=None if (args.git_sha or "").strip().lower() in ("", "unknown") else args.git_sha.strip(),
     )
 
 

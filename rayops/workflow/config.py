@@ -83,11 +83,15 @@ class Buckets:
 
 @dataclass(frozen=True)
 class XGBoostParams:
-    """Booster settings. Deterministic: fixed ``seed``, ``hist`` trees, one thread per CPU of a worker."""
+    """Booster settings. Deterministic: fixed ``seed``, ``hist`` trees, one thread per CPU of a worker.
+
+    Defaults chosen on the real data by validation on the 4 weeks just before the holdout (the
+    holdout itself was not looked at): eta 0.1 beat 0.05 and 0.03; more rounds or depth did not help.
+    """
 
     num_boost_round: int = 400
     max_depth: int = 6
-    eta: float = 0.05
+    eta: float = 0.1
     subsample: float = 0.8
     colsample_bytree: float = 0.8
     min_child_weight: float = 1.0

@@ -175,6 +175,8 @@ def run(
         base_h = training.fit_baseline(train_h, names)
         base_s = training.fit_baseline(train_s, names)
         timings["ray_train_fit"] = round(trained.seconds, 3)
+        for job, seconds in trained.boosting_seconds.items():
+            timings[f"boosting_{job}"] = round(seconds, 3)
 
     # 4. evaluate -----------------------------------------------------------------------------
     with _Stage(4, "evaluate", timings):

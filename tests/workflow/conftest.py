@@ -6,29 +6,21 @@ Nothing here talks to anything but 127.0.0.1.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from workflow_helpers import TEST_ENV, free_port, make_buckets
 
 from rayops.workflow.config import Buckets
 from rayops.workflow.s3 import S3Store
-
-TEST_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,13 +34,6 @@ def aws_test_env() -> Iterator[dict[str, str]]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -87,16 +72,6 @@ def s3(moto_endpoint: str) -> Any:
 @pytest.fixture
 def store(moto_endpoint: str) -> S3Store:
     return S3Store(moto_endpoint)
-
-
-def make_buckets(s3: Any, versioned: bool = True) -> Buckets:
-    suffix = uuid.uuid4().hex[:10]
-    names = {kind: f"t-{kind}-{suffix}" for kind in ("raw", "features", "models", "results")}
-    for name in names.values():
-        s3.create_bucket(Bucket=name)
-        if versioned:
-            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-    return Buckets(**names)
 
 
 @pytest.fixture

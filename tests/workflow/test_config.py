@@ -88,3 +88,41 @@ def test_defaults_are_deterministic_booster_params() -> None:
     assert config.model_prefix == "zone1"
     assert config.holdout_hours == 4 * 168
     assert config.run_id != WorkflowConfig(buckets=Buckets(**GOOD)).run_id
+
+
+def _parse(*extra: str) -> WorkflowConfig:
+    from rayops.workflow.cli import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(["run", "--buckets", json.dumps(GOOD), *extra]))
+
+
+def test_cli_options_reach_the_config() -> None:
+    config = _parse(
+        "--target-zone",
+        "3",
+        "--run-id",
+        "r1",
+        "--num-boost-round",
+        "50",
+        "--eta",
+        "0.3",
+        "--min-r2",
+        "none",
+        "--max-mape",
+        "5",
+        "--git-sha",
+        "ABCDEF1",
+        "--holdout-weeks",
+        "2",
+    )
+    assert (config.target_zone, config.run_id, config.holdout_weeks) == (3, "r1", 2)
+    assert (config.xgboost.num_boost_round, config.xgboost.eta) == (50, 0.3)
+    assert config.thresholds == Thresholds(min_r2=None, max_mape=5.0)
+    assert config.git_sha == "ABCDEF1"
+    assert config.dataset.startswith("https://archive.ics.uci.edu/")  # the UCI archive by default
+    assert config.num_workers == 3
+
+
+def test_cli_git_sha_unknown_means_none() -> None:
+    assert _parse("--git-sha", "unknown").git_sha is None
+    assert _parse().git_sha is None

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import workflow_synth as synth
+from workflow_helpers import free_port, make_buckets
 
 from rayops.workflow import ingest
 from rayops.workflow.config import Buckets
@@ -50,8 +51,6 @@ def serve(routes: dict[str, bytes]) -> Iterator[str]:
 
 
 def closed_port_url(path: str = "/data.zip") -> str:
-    from conftest import free_port
-
     return f"http://127.0.0.1:{free_port()}{path}"
 
 
@@ -257,8 +256,6 @@ def test_upload_records_version_and_reuses_identical_bytes(store: S3Store, bucke
 
 
 def test_unversioned_bucket_falls_back_to_content_hash(store: S3Store, s3: Any) -> None:
-    from conftest import make_buckets
-
     plain = make_buckets(s3, versioned=False)
     data = fetched(synth.csv_bytes(synth.frame(days=1)))
     result = ingest.upload_raw(store, plain.raw, data, ingest.parse(data, 1))

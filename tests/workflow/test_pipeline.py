@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 import workflow_synth as synth
 import xgboost
-from conftest import TEST_ENV, free_port, make_buckets
+from workflow_helpers import free_port, make_buckets, metrics_line, run_cli
 
 from rayops.workflow import evaluate, features
 from rayops.workflow.cli import METRICS_PREFIX
 from rayops.workflow.config import Buckets
 
-REPO = Path(__file__).resolve().parents[2]
 GIT_SHA = "0123456789abcdef0123456789abcdef01234567"
 SMALL = [
     "--holdout-weeks",
@@ -42,27 +39,6 @@ SMALL = [
     "--local-cpus",
     "2",
 ]
-
-
-def run_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **TEST_ENV}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run(
-        [sys.executable, "-m", "rayops.workflow", "run", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
-        check=False,
-    )
-
-
-def metrics_line(stdout: str) -> dict[str, Any]:
-    lines = [line for line in stdout.splitlines() if line.startswith(METRICS_PREFIX)]
-    assert len(lines) == 1, stdout[-3000:]
-    parsed: dict[str, Any] = json.loads(lines[0][len(METRICS_PREFIX) :])
-    return parsed
 
 
 def error_line(stderr: str) -> str:

@@ -56,6 +56,7 @@ def test_ray_train_fits_each_job_on_its_own_rows(ray_local: Any, tmp_path: Path)
     )
     assert outcome.plan.num_workers == 2  # the local Ray has 2 CPUs: fewer workers, logged
     assert set(outcome.boosters) == {"one", "two"}
+    assert set(outcome.boosting_seconds) == {"one", "two"}  # measured inside xgboost.train, per job
     fresh = table(300, seed=2)
     one = training.predict_xgboost(outcome.boosters["one"], fresh, names)
     two = training.predict_xgboost(outcome.boosters["two"], fresh, names)
