@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(err)
     except WorkflowError as err:
         return _fail(err)
+    except Exception as err:  # a bug or an infrastructure failure: keep the traceback, end with one line
+        traceback.print_exc()
+        text = str(err).strip()
+        return _fail(
+            WorkflowError(
+                f"the workflow failed unexpectedly ({type(err).__name__}: "
+                f"{text.splitlines()[0] if text else 'no message'}): see the traceback above"
+            )
+        )
     finally:
         if started_ray:
             import ray

@@ -307,3 +307,38 @@ def test_resolve_offline_without_cache_says_how_to_point_at_a_file(tmp_path: Pat
         f"and no copy is cached in {tmp_path / 'data'}: point at a local file with "
         "make local DATASET=/path/to/powerconsumption.csv"
     )
+
+
+def test_resolve_dataset_command(
+    tmp_path: Path, moto_endpoint: str, s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rayops.workflow.cli import main
+
+    data = tmp_path / "powerconsumption.csv"
+    data.write_bytes(synth.csv_bytes(synth.frame(days=1)))
+    assert main(["resolve-dataset", "--dataset", str(data)]) == 0
+    assert capsys.readouterr().out == f"{data.resolve()}\n"  # stdout is only the answer
+
+    s3.create_bucket(Bucket="staging-data")
+    target = "s3://staging-data/incoming/powerconsumption.csv"
+    args = [
+        "resolve-dataset",
+        "--dataset",
+        str(data),
+        "--upload-to",
+        target,
+        "--s3-endpoint-url",
+        moto_endpoint,
+    ]
+    assert main(args) == 0
+    assert capsys.readouterr().out == f"{target}\n"
+    body = s3.get_object(Bucket="staging-data", Key="incoming/powerconsumption.csv")["Body"].read()
+    assert body == data.read_bytes()
+
+    offline = ["resolve-dataset", "--cache-dir", str(tmp_path / "empty"), "--url", closed_port_url()]
+    assert main(offline) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    last = captured.err.strip().splitlines()[-1]  # after the "downloading ..." progress line
+    assert last.startswith("[rayops] error: cannot download the dataset from http://127.0.0.1:")
+    assert last.endswith("make local DATASET=/path/to/powerconsumption.csv")
