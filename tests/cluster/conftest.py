@@ -104,7 +104,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     """Three machines of its own (name, subnet and port apart from every other cloud), site.yml applied."""
     state = tmp_path_factory.mktemp("fault") / "state"
     cloud = LocalCloud(
-        CloudSpec(name="rfault", workers=2, subnet="10.213.70.0/24", s3_port=5670, state_dir=str(state))
+        CloudSpec(name="rfault", workers=2, subnet="10.213.171.0/24", s3_port=5771, state_dir=str(state))
     )
     try:
         cloud.up()
