@@ -85,6 +85,7 @@ def make_plots(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     images: dict[str, bytes] = {}
 
@@ -109,6 +110,9 @@ def make_plots(
     right.set_xlabel("actual - predicted")
     right.set_title("Residual distribution")
     right.legend()
+    thousands = FuncFormatter(lambda value, _: f"{value / 1000:g}k")
+    for axis in (left.xaxis, left.yaxis, right.xaxis):
+        axis.set_major_formatter(thousands)
     images["residuals.png"] = _png(fig)
 
     top = sorted(importance.items(), key=lambda kv: kv[1], reverse=True)[:20]
