@@ -19,7 +19,7 @@ LOCAL_INVENTORY := inventory/local.pulumi_stack.yml
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k plugin"
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint test test-unit local local-up local-down local-status site train clean
+.PHONY: help setup lint test test-unit molecule local local-up local-down local-status site train clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,9 +46,13 @@ lint: setup ## ruff, mypy, yamllint, ansible-lint
 	$(BIN)/yamllint -s .
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint
 
-test: setup ## Run every test (lint, unit, local cloud, roles, end to end); needs root
+test: setup ## Run every test (lint, pytest incl. local cloud, faults and end to end, Molecule); needs root
 	$(MAKE) --no-print-directory lint
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory molecule
+
+molecule: setup ## Molecule: every role's scenario and the whole-cluster scenario, each on its own local cloud
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/molecule test --all
 
 test-unit: setup ## Only the tests that need no local cloud
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m "not localcloud" $(PYTEST_ARGS)
