@@ -99,9 +99,12 @@ def recap(stdout: str) -> dict[str, dict[str, int]]:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    """Three machines of its own (name, subnet and port apart from every other cloud), site.yml applied."""
+    """Three machines of its own (name, subnet and port apart from every other cloud), site.yml applied.
+
+    One per session: the fault tests leave it healthy, and the training tests run on it after them.
+    """
     state = tmp_path_factory.mktemp("fault") / "state"
     cloud = LocalCloud(
         CloudSpec(name="rfault", workers=2, subnet="10.213.171.0/24", s3_port=5771, state_dir=str(state))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import REPO, Cluster
+from conftest import REPO, RayCluster
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 DATASET = REPO.parent / "shared" / "data" / "powerconsumption.csv"
@@ -25,10 +25,10 @@ def s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def get_json(cluster: Cluster, uri: str, version_id: str | None = None) -> Any:
+def get_json(ray_cluster: RayCluster, uri: str, version_id: str | None = None) -> Any:
     bucket, key = s3_uri(uri)
     args = {"Bucket": bucket, "Key": key} | ({"VersionId": version_id} if version_id else {})
-    return json.loads(cluster.cloud.s3_client().get_object(**args)["Body"].read())
+    return json.loads(ray_cluster.cloud.s3_client().get_object(**args)["Body"].read())
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,10 @@ def runs_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def first_run(cluster: Cluster, runs_dir: Path) -> dict[str, Any]:
+def first_run(ray_cluster: RayCluster, runs_dir: Path) -> dict[str, Any]:
     if not DATASET.exists():
         pytest.fail(f"{DATASET} is missing: CI must run with ../shared beside the repo")
-    proc = cluster.playbook("train.yml", "-e", f"dataset={DATASET}", "-e", "train_run_id=e2e-first")
+    proc = ray_cluster.playbook("train.yml", "-e", f"dataset={DATASET}", "-e", "train_run_id=e2e-first")
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
     metrics: dict[str, Any] = json.loads((runs_dir / "e2e-first" / "metrics.json").read_text())
     metrics["_play_output"] = proc.stdout
@@ -65,20 +65,20 @@ def test_train_yml_promotes_a_model_that_beats_the_seed(first_run: dict[str, Any
     assert m["training"]["num_workers"] == 3
 
 
-def test_artifacts_and_lineage_are_in_the_buckets(cluster: Cluster, first_run: dict[str, Any]) -> None:
+def test_artifacts_and_lineage_are_in_the_buckets(ray_cluster: RayCluster, first_run: dict[str, Any]) -> None:
     m = first_run
-    s3 = cluster.cloud.s3_client()
-    buckets = cluster.cloud.spec.buckets()
-    stored_metrics = get_json(cluster, m["metrics_uri"])
+    s3 = ray_cluster.cloud.s3_client()
+    buckets = ray_cluster.cloud.spec.buckets()
+    stored_metrics = get_json(ray_cluster, m["metrics_uri"])
     assert {k: v for k, v in m.items() if k != "_play_output"} == stored_metrics
     # The model exists in XGBoost's format and the current pointer names it.
     bucket, key = s3_uri(m["model_uri"])
     assert bucket == buckets["models"] and key.endswith(".ubj")
     assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] > 10_000
-    current = get_json(cluster, m["current_uri"])
+    current = get_json(ray_cluster, m["current_uri"])
     assert current["run_id"] == "e2e-first" and current["model_uri"] == m["model_uri"]
     # Lineage: metadata names the raw object's S3 version, the features, params, versions, sha.
-    meta = get_json(cluster, m["metadata_uri"])
+    meta = get_json(ray_cluster, m["metadata_uri"])
     raw_bucket, raw_key = s3_uri(meta["data"]["raw_uri"])
     assert raw_bucket == buckets["raw"]
     versions = s3.list_object_versions(Bucket=raw_bucket, Prefix=raw_key)["Versions"]
@@ -87,7 +87,7 @@ def test_artifacts_and_lineage_are_in_the_buckets(cluster: Cluster, first_run: d
     assert len(meta["features"]) == m["feature_count"] > 20
     assert meta["package_versions"]["ray"] == "2.60.0"
     assert meta["git_sha"] and meta["params"]["num_boost_round"] > 10
-    manifest = get_json(cluster, meta["data"]["features_manifest_uri"])
+    manifest = get_json(ray_cluster, meta["data"]["features_manifest_uri"])
     assert manifest["features"] == meta["features"]
     # The report and its plots sit next to the metrics.
     rbucket, rkey = s3_uri(m["report_uri"])
@@ -96,9 +96,9 @@ def test_artifacts_and_lineage_are_in_the_buckets(cluster: Cluster, first_run: d
 
 
 def test_second_run_on_the_same_data_gives_the_same_metrics(
-    cluster: Cluster, first_run: dict[str, Any], runs_dir: Path
+    ray_cluster: RayCluster, first_run: dict[str, Any], runs_dir: Path
 ) -> None:
-    proc = cluster.playbook("train.yml", "-e", f"dataset={DATASET}", "-e", "train_run_id=e2e-second")
+    proc = ray_cluster.playbook("train.yml", "-e", f"dataset={DATASET}", "-e", "train_run_id=e2e-second")
     assert proc.returncode == 0, proc.stdout[-5000:]
     second = json.loads((runs_dir / "e2e-second" / "metrics.json").read_text())
     for protocol in ("holdout", "seed_protocol"):
@@ -111,28 +111,30 @@ def test_second_run_on_the_same_data_gives_the_same_metrics(
                 )
 
 
-def test_unknown_target_zone_fails_before_anything_runs(cluster: Cluster, first_run: dict[str, Any]) -> None:
-    proc = cluster.playbook("train.yml", "-e", f"dataset={DATASET}", "-e", "target_zone=4")
+def test_unknown_target_zone_fails_before_anything_runs(
+    ray_cluster: RayCluster, first_run: dict[str, Any]
+) -> None:
+    proc = ray_cluster.playbook("train.yml", "-e", f"dataset={DATASET}", "-e", "target_zone=4")
     assert proc.returncode != 0
     assert "target_zone must be 1, 2 or 3 (got 4)" in proc.stdout
     assert "submit the Ray Job" not in proc.stdout
 
 
 def test_bad_dataset_fails_with_the_jobs_own_error_and_promotes_nothing(
-    cluster: Cluster, first_run: dict[str, Any], tmp_path: Path
+    ray_cluster: RayCluster, first_run: dict[str, Any], tmp_path: Path
 ) -> None:
-    before = get_json(cluster, first_run["current_uri"])
+    before = get_json(ray_cluster, first_run["current_uri"])
     bad = tmp_path / "wrong_columns.csv"
     bad.write_text("when,temp\n1/1/2017 0:00,6.5\n1/1/2017 0:10,6.4\n")
-    proc = cluster.playbook("train.yml", "-e", f"dataset={bad}", "-e", "train_run_id=e2e-badcols")
+    proc = ray_cluster.playbook("train.yml", "-e", f"dataset={bad}", "-e", "train_run_id=e2e-badcols")
     assert proc.returncode != 0
     assert "Training run e2e-badcols FAILED:" in proc.stdout
     failure = proc.stdout[proc.stdout.index("Training run e2e-badcols FAILED:") :].splitlines()[0]
     assert "column" in failure.lower(), failure
-    assert get_json(cluster, first_run["current_uri"]) == before
+    assert get_json(ray_cluster, first_run["current_uri"]) == before
 
 
-def test_missing_dataset_file_is_one_sentence(cluster: Cluster) -> None:
-    proc = cluster.playbook("train.yml", "-e", "dataset=/nonexistent/power.csv")
+def test_missing_dataset_file_is_one_sentence(ray_cluster: RayCluster) -> None:
+    proc = ray_cluster.playbook("train.yml", "-e", "dataset=/nonexistent/power.csv")
     assert proc.returncode != 0
     assert "The dataset /nonexistent/power.csv does not exist on this controller" in proc.stdout
