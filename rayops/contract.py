@@ -43,19 +43,19 @@ def validate(outputs: Any) -> dict[str, Any]:
     """
     if not isinstance(outputs, dict):
         raise ContractError(f"the outputs must be a JSON object, got {type(outputs).__name__}")
-    outputs = {**outputs, "s3_endpoint_url": outputs.get("s3_endpoint_url")}
-    version = outputs.get("rayops_contract")
+    filled: dict[str, Any] = {**outputs, "s3_endpoint_url": outputs.get("s3_endpoint_url")}
+    version = filled.get("rayops_contract")
     if version != CONTRACT_VERSION:
         raise ContractError(
             f"'rayops_contract' is {version!r}, this rayops reads version {CONTRACT_VERSION}: "
             "point it at the outputs of a rayops stack (pulumi/ or the local cloud)"
         )
     validator = jsonschema.Draft202012Validator(load_schema())
-    errors = sorted(validator.iter_errors(outputs), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
         raise ContractError(f"{_where(first.absolute_path)}: {first.message}")
-    nodes = outputs["nodes"]
+    nodes = filled["nodes"]
     heads = [n["name"] for n in nodes if n["role"] == "head"]
     if len(heads) != 1:
         raise ContractError(
@@ -68,7 +68,7 @@ def validate(outputs: Any) -> dict[str, Any]:
             if node[key] in seen:
                 raise ContractError(f"outputs.nodes: {key} {node[key]!r} appears more than once")
             seen.add(node[key])
-    return outputs
+    return filled
 
 
 def head(outputs: dict[str, Any]) -> dict[str, Any]:
