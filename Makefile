@@ -44,7 +44,7 @@ lint: setup ## ruff, mypy, yamllint, ansible-lint
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/yamllint -s .
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint
+	ANSIBLE_INVENTORY=$(abspath ansible/lint-inventory.yml) PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint
 
 test: setup ## Run every test (lint, pytest incl. local cloud, faults and end to end, Molecule); needs root
 	$(MAKE) --no-print-directory lint
