@@ -33,8 +33,10 @@ def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud
         state_dir=str(tmp_path_factory.mktemp("cloud") / "state"),
     )
     cloud = LocalCloud(spec)
+    # up() removes what it created when it fails, and refuses (touching nothing) a name that is
+    # already in use: only a cloud this fixture brought up is taken down here.
+    cloud.up()
     try:
-        cloud.up()
         yield cloud
     finally:
         cloud.down()

@@ -109,8 +109,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     cloud = LocalCloud(
         CloudSpec(name="rfault", workers=2, subnet="10.213.171.0/24", s3_port=5771, state_dir=str(state))
     )
+    cloud.up()  # cleans up after itself on failure; never touches a cloud of the same name it did not make
     try:
-        cloud.up()
         inventory = state / "cluster.pulumi_stack.yml"
         inventory.write_text(f"plugin: pulumi_stack\noutputs_file: {cloud.outputs_path.resolve()}\n")
         cluster = RayCluster(cloud, inventory)
