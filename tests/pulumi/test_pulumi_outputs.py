@@ -46,7 +46,9 @@ def test_nodes_describe_the_instances(run_stack: RunStack) -> None:
     run = run_stack({"rayops:workerCount": 2, "rayops:spotWorkers": True, "rayops:secondAz": True})
     validate(run.outputs)
     instances = {i.name: i for i in run.of_type(INSTANCE)}
-    assert [n["name"] for n in run.outputs["nodes"]] == list(instances)
+    # Registration order of the instances depends on the engine's scheduling: compare as sets.
+    names = [n["name"] for n in run.outputs["nodes"]]
+    assert len(names) == len(instances) == 3 and set(names) == set(instances)
     for node in run.outputs["nodes"]:
         instance = instances[node["name"]]
         assert node["instance_id"] == instance.id
