@@ -451,6 +451,10 @@ def build_hosts(
     }
     if key_file is not None:
         common["ansible_ssh_private_key_file"] = str(key_file)
+    if known_hosts is not None:
+        # Clouds with pinned host keys (the local cloud) come and go on the same IPs: keep their SSH
+        # master connections beside that file, so a master of a removed cloud is never reused.
+        common["ansible_control_path_dir"] = str(Path(known_hosts).parent / "cp")
     nodes = [the_head] + [n for n in outputs["nodes"] if n["role"] != "head"]
     hosts = []
     for node in nodes:

@@ -142,6 +142,8 @@ def test_local_cloud_key_and_known_hosts_resolve_against_the_outputs_folder(tmp_
             "-o",
             "StrictHostKeyChecking=yes",
         ]
+        # SSH masters live beside the cloud's known_hosts, so a removed cloud's are never reused.
+        assert v["ansible_control_path_dir"] == str(outputs_dir / "ssh" / "cp")
     assert hostvars(inventory, "ray-worker-1")["rayops_buckets"]["models"] == "rayops-local-models"
 
 
