@@ -19,7 +19,7 @@ LOCAL_INVENTORY := inventory/local.pulumi_stack.yml
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k plugin"
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint test test-unit molecule local local-up local-down local-status site train clean
+.PHONY: help setup lint test test-unit test-cluster bench molecule local local-up local-down local-status site train clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,10 +49,20 @@ lint: setup ## ruff, mypy, yamllint, ansible-lint
 test: setup ## Run every test (lint, pytest incl. local cloud, faults and end to end, Molecule); needs root
 	$(MAKE) --no-print-directory lint
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory molecule
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/molecule test -s cluster
 
+# All six scenarios take ~6 x 8-11 min on 2 cores: more than CI's 90 minutes next to the rest, so
+# `make test` runs the whole-cluster scenario (every role converged, idempotence, verify) and this
+# target runs each role's own scenario too.
 molecule: setup ## Molecule: every role's scenario and the whole-cluster scenario, each on its own local cloud
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/molecule test --all
+
+test-cluster: setup ## pytest on a real 3-node cluster: role contracts, faults, train.yml end to end (root)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest tests/cluster $(PYTEST_ARGS)
+
+bench: setup ## Benchmarks (root): site.yml cold/idempotent/wheelhouse and Ray Train vs plain xgboost
+	$(BIN)/python bench/bench_site.py
+	$(BIN)/python bench/bench_train.py
 
 test-unit: setup ## Only the tests that need no local cloud
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m "not localcloud" $(PYTEST_ARGS)
