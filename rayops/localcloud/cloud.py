@@ -579,11 +579,7 @@ class LocalCloud:
 
     def _kill_cgroup(self, m: Machine) -> None:
         for _ in range(50):
-            pids = set()
-            for cg in m.cgroups():
-                for procs in cg.rglob("cgroup.procs") if cg.exists() else []:
-                    with contextlib.suppress(OSError):
-                        pids |= {int(p) for p in procs.read_text().split()}
+            pids = _cgroup_pids(m)
             if not pids:
                 return
             for p in pids:
@@ -745,16 +741,21 @@ def _rules_with_comment(table: str, chain: str, comment: str) -> Iterator[list[s
                 yield [a.strip('"') for a in args[1:]]
 
 
+def _cgroup_pids(m: Machine) -> set[int]:
+    """Every process of a machine: the pids in its cgroups (all hierarchies, nested groups included)."""
+    pids: set[int] = set()
+    for cg in m.cgroups():
+        for procs in cg.rglob("cgroup.procs") if cg.exists() else []:
+            with contextlib.suppress(OSError):
+                pids |= {int(p) for p in procs.read_text().split()}
+    return pids
+
+
 def _cgroup_rss(m: Machine) -> int:
     """Resident memory of every process of a machine (sum of RSS), in bytes."""
     total = 0
-    cg = m.cgroups()[0]
-    pids: set[int] = set()
-    for procs in cg.rglob("cgroup.procs") if cg.exists() else []:
-        with contextlib.suppress(OSError):
-            pids |= {int(p) for p in procs.read_text().split()}
     page = os.sysconf("SC_PAGE_SIZE")
-    for pid in pids:
+    for pid in _cgroup_pids(m):
         with contextlib.suppress(OSError, ValueError, IndexError):
             total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
     return total
