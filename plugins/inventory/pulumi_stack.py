@@ -34,7 +34,12 @@ description:
   - Every host gets C(ansible_host), C(ansible_user), C(ray_node_ip) (its private IP), C(ray_head_ip)
     (the head's private IP), C(rayops_buckets), C(s3_endpoint_url), C(rayops_cluster_name),
     C(rayops_provider), C(rayops_region), C(rayops_node_role), C(rayops_instance_id),
-    C(rayops_instance_type), C(rayops_private_ip) and C(rayops_public_ip).
+    C(rayops_instance_type), C(rayops_private_ip), C(rayops_public_ip) and C(rayops_s3_env).
+  - C(rayops_s3_env) is the environment a process on a node needs for the cluster's S3, which the roles
+    give to Ray, its clients and the notebook kernel, as an instance profile would. On AWS it holds the
+    region only (the instance profile signs requests). With an C(s3_endpoint_url) it names that endpoint;
+    on the local cloud (provider C(local), without instance metadata, its S3 taking any key) it also turns
+    off the EC2 metadata lookup and adds a placeholder key pair, which is not a credential.
   - When the outputs carry C(ssh_private_key_file) the hosts get C(ansible_ssh_private_key_file); when they
     carry C(ssh_known_hosts_file) the hosts get C(ansible_ssh_common_args) that pin that known-hosts file with
     strict host key checking. Relative paths in the outputs resolve against the folder of the outputs file,
@@ -425,6 +430,24 @@ def ssh_common_args(
     return shlex.join(args) if args else None
 
 
+LOCAL_S3_PLACEHOLDER_KEY = "rayops-local"  # the local cloud's S3 (moto) accepts any key pair
+
+
+def s3_env(outputs: dict[str, Any]) -> dict[str, str]:
+    """The environment for the cluster's S3 on a node (see C(rayops_s3_env) in the documentation)."""
+    endpoint = outputs.get("s3_endpoint_url")
+    if not endpoint:
+        return {"AWS_DEFAULT_REGION": outputs["region"], "AWS_REGION": outputs["region"]}
+    env = {
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1" if outputs["region"] == "local" else outputs["region"],
+    }
+    if outputs["provider"] == "local":
+        env["AWS_EC2_METADATA_DISABLED"] = "true"  # no instance metadata service on the local cloud
+        env["AWS_ACCESS_KEY_ID"] = env["AWS_SECRET_ACCESS_KEY"] = LOCAL_S3_PLACEHOLDER_KEY
+    return env
+
+
 def build_hosts(
     outputs: dict[str, Any],
     base_dir: Path,
@@ -448,6 +471,7 @@ def build_hosts(
         "rayops_cluster_name": outputs["cluster_name"],
         "rayops_provider": outputs["provider"],
         "rayops_region": outputs["region"],
+        "rayops_s3_env": s3_env(outputs),
     }
     if key_file is not None:
         common["ansible_ssh_private_key_file"] = str(key_file)

@@ -138,3 +138,32 @@ def test_missing_dataset_file_is_one_sentence(ray_cluster: RayCluster) -> None:
     proc = ray_cluster.playbook("train.yml", "-e", "dataset=/nonexistent/power.csv")
     assert proc.returncode != 0
     assert "The dataset /nonexistent/power.csv does not exist on this controller" in proc.stdout
+
+
+def test_deployed_notebook_runs_on_the_head_with_the_cluster_kernel(
+    ray_cluster: RayCluster, first_run: dict[str, Any]
+) -> None:
+    """The notebook JupyterLab serves, executed by the `rayops` kernel on the head as user ray, with a
+    clean environment: the kernel alone must bring the address, token, buckets and S3 endpoint."""
+    executed = "/tmp/workflow-executed.ipynb"  # on the head
+    run = ray_cluster.ssh(
+        ray_cluster.head,
+        "cd /var/lib/ray/notebooks && sudo -u ray env -i HOME=/var/lib/ray PATH=/usr/bin:/bin "
+        "/opt/rayops/venv/bin/jupyter nbconvert --to notebook --execute "
+        "--ExecutePreprocessor.kernel_name=rayops --ExecutePreprocessor.timeout=1200 "
+        f"--output {executed} workflow.ipynb",
+        timeout=1500,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    notebook = json.loads(ray_cluster.ssh(ray_cluster.head, f"cat {executed}; rm -f {executed}").stdout)
+    outputs = [o for c in notebook["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    text = "".join("".join(o.get("text", "")) for o in outputs if o["output_type"] == "stream")
+    # It read the data of the model train.yml promoted, from the raw bucket, through the local S3.
+    meta = get_json(ray_cluster, first_run["metadata_uri"])
+    assert f"dataset: {meta['data']['raw_uri']}" in text
+    assert f"S3 endpoint: {ray_cluster.cloud.spec.s3_endpoint_url}" in text
+    assert "3 node(s)" in text and "52,416 rows" in text
+    assert "promotion: the model beats the baseline" in text, text[-2000:]
+    plots = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(plots) >= 2

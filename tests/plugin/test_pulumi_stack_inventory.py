@@ -43,6 +43,8 @@ def test_aws_stack_with_public_ips(inventory_from):
         "rayops_instance_type": "m7i.large",
         "rayops_private_ip": "10.0.1.10",
         "rayops_public_ip": "203.0.113.10",
+        # The instance profile signs S3 requests: the nodes get the region, never a key.
+        "rayops_s3_env": {"AWS_DEFAULT_REGION": "eu-west-1", "AWS_REGION": "eu-west-1"},
     }
     worker = hostvars(inventory, "ray-worker-2")
     assert worker["ansible_host"] == "203.0.113.12"
@@ -134,6 +136,13 @@ def test_local_cloud_key_and_known_hosts_resolve_against_the_outputs_folder(tmp_
         assert v["rayops_provider"] == "local"
         assert v["rayops_region"] == "local"
         assert v["s3_endpoint_url"] == "http://10.77.0.1:9000"
+        assert v["rayops_s3_env"] == {
+            "AWS_ENDPOINT_URL_S3": "http://10.77.0.1:9000",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "rayops-local",  # moto takes any key: a placeholder, not a credential
+            "AWS_SECRET_ACCESS_KEY": "rayops-local",
+        }
         assert v["ansible_host"] == v["ray_node_ip"]
         assert v["ansible_ssh_private_key_file"] == str(outputs_dir / "ssh" / "id_ed25519")
         assert shlex.split(v["ansible_ssh_common_args"]) == [
@@ -370,3 +379,14 @@ def test_plugin_reads_the_real_local_config_shape(tmp_path):
     assert hostvars(inventory, "ray-head")["ansible_ssh_private_key_file"] == str(
         tmp_path / ".rayops" / "local" / "ssh" / "id_ed25519"
     )
+
+
+def test_s3_endpoint_of_another_provider_gets_no_placeholder_key(inventory_from):
+    """Only the local cloud's S3 takes any key; an endpoint elsewhere keeps the instance profile."""
+    outputs = load_fixture("aws_public.json")
+    outputs["s3_endpoint_url"] = "https://s3.internal.example:9000"
+    env = hostvars(inventory_from(outputs), "ray-head")["rayops_s3_env"]
+    assert env == {
+        "AWS_ENDPOINT_URL_S3": "https://s3.internal.example:9000",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }

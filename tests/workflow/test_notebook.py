@@ -57,3 +57,33 @@ def test_notebook_runs_top_to_bottom(
     assert list(results.columns) == ["rmse", "mae", "mape", "r2"]
     assert len(results) == 4
     assert set(namespace["trained"].boosters) == {"holdout", "seed_protocol"}
+
+
+def run_settings_cell(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Run the notebook's first code cell (the settings) and return its names."""
+    monkeypatch.delenv("RAYOPS_DATASET", raising=False)
+    first = next(cell for cell in load()["cells"] if cell["cell_type"] == "code")
+    namespace: dict[str, Any] = {"__name__": "__notebook__"}
+    exec(compile("".join(first["source"]), f"{NOTEBOOK.name}:{first['id']}", "exec"), namespace)  # noqa: S102 (runs our own notebook)
+    return namespace
+
+
+def test_notebook_reads_the_current_models_data_by_default(
+    moto_endpoint: str, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buckets = make_buckets(s3)
+    monkeypatch.setenv("RAYOPS_BUCKETS", json.dumps(buckets.to_dict()))
+    monkeypatch.setenv("RAYOPS_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("RAYOPS_TARGET_ZONE", "2")
+    # No model yet: the UCI archive.
+    assert run_settings_cell(monkeypatch)["DATASET"].startswith("https://archive.ics.uci.edu/")
+
+    raw_uri = f"s3://{buckets.raw}/datasets/powerconsumption.csv"
+    metadata = {"data": {"raw_uri": raw_uri, "data_version": "v1"}}
+    s3.put_object(Bucket=buckets.models, Key="zone2/runs/r1/metadata.json", Body=json.dumps(metadata))
+    current = {"run_id": "r1", "metadata_uri": f"s3://{buckets.models}/zone2/runs/r1/metadata.json"}
+    s3.put_object(Bucket=buckets.models, Key="zone2/current.json", Body=json.dumps(current))
+    assert run_settings_cell(monkeypatch)["DATASET"] == raw_uri
+
+    monkeypatch.setenv("RAYOPS_TARGET_ZONE", "3")  # another zone's model is not this zone's data
+    assert run_settings_cell(monkeypatch)["DATASET"].startswith("https://archive.ics.uci.edu/")
