@@ -146,6 +146,10 @@ def test_preflight_accepts_the_defaults(tmp_path: Path) -> None:
             "Requirements must be exact pins (name==version) including ray: fix ray[default]>=2.51",
         ),
         (
+            ["-e", "ray_node_profile=py39", "-e", "ray_python_version=3.9"],
+            "Ray 2.51.2 has no token authentication (it came with Ray 2.52): set ray_node_auth_enabled=false",
+        ),
+        (
             ["-e", "ray_node_auth_token=short"],
             "ray_node_auth_token must be empty (rayops generates one) or at least 32",
         ),
