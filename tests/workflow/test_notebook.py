@@ -19,6 +19,14 @@ def load() -> dict[str, Any]:
     return notebook
 
 
+def code_cells() -> list[dict[str, Any]]:
+    return [cell for cell in load()["cells"] if cell["cell_type"] == "code"]
+
+
+def run_cell(cell: dict[str, Any], namespace: dict[str, Any]) -> None:
+    exec(compile("".join(cell["source"]), f"{NOTEBOOK.name}:{cell['id']}", "exec"), namespace)  # noqa: S102 (runs our own notebook)
+
+
 def test_notebook_is_clean_nbformat_4() -> None:
     notebook = load()
     assert notebook["nbformat"] == 4
@@ -47,9 +55,8 @@ def test_notebook_runs_top_to_bottom(
     monkeypatch.setenv("RAYOPS_RUN_FULL_WORKFLOW", "0")  # the full run is the entrypoint's e2e test
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {"__name__": "__notebook__"}
-    for cell in load()["cells"]:
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), f"{NOTEBOOK.name}:{cell['id']}", "exec"), namespace)  # noqa: S102 (runs our own notebook)
+    for cell in code_cells():
+        run_cell(cell, namespace)
 
     head = s3.head_object(Bucket=buckets.raw, Key="datasets/powerconsumption.csv")
     assert namespace["ingested"].data_version == head["VersionId"]
@@ -62,9 +69,8 @@ def test_notebook_runs_top_to_bottom(
 def run_settings_cell(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Run the notebook's first code cell (the settings) and return its names."""
     monkeypatch.delenv("RAYOPS_DATASET", raising=False)
-    first = next(cell for cell in load()["cells"] if cell["cell_type"] == "code")
     namespace: dict[str, Any] = {"__name__": "__notebook__"}
-    exec(compile("".join(first["source"]), f"{NOTEBOOK.name}:{first['id']}", "exec"), namespace)  # noqa: S102 (runs our own notebook)
+    run_cell(code_cells()[0], namespace)
     return namespace
 
 
