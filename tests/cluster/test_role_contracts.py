@@ -129,6 +129,11 @@ def test_preflight_accepts_the_defaults(tmp_path: Path) -> None:
             "Python 3.9 cannot run Ray 2.60.0 (Ray >= 2.52 needs Python >= 3.10): "
             "set ray_node_profile to 'py39'",
         ),
+        (
+            ["-e", "ray_python_version=3.10"],
+            "Python 3.10 is older than the default profile's pins support (Python >= 3.11: pandas 3 and "
+            "pyarrow 26 ship no older wheels): set ray_python_version to '3.11' or newer",
+        ),
         (["-e", "ray_python_version=2.7"], "ray_python_version is '2.7': set it to 'system'"),
         (
             ["-e", "ray_node_install_method=rsync"],
