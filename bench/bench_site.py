@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from rayops.ansible_env import ansible_env
 from rayops.localcloud.cloud import CloudSpec, LocalCloud
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,17 +38,11 @@ RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+f
 
 def site(inventory: Path, *extra: str) -> tuple[float, int]:
     """Run site.yml; return (seconds, total changed) or exit with its output on failure."""
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_FORCE_COLOR": "0",
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-    }
     start = time.monotonic()
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml", *extra],
         cwd=REPO,
-        env=env,
+        env=ansible_env(),
         capture_output=True,
         text=True,
         check=False,

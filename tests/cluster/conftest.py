@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from rayops.ansible_env import ansible_env
 from rayops.localcloud.cloud import CloudSpec, LocalCloud
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,16 +34,10 @@ class RayCluster:
         return [m.name for m in self.cloud.spec.machines() if m.role == "worker"]
 
     def playbook(self, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
-        env = {
-            **os.environ,
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            "ANSIBLE_FORCE_COLOR": "0",
-            "PATH": f"{BIN}:{os.environ['PATH']}",
-        }
         proc = subprocess.run(
             [str(BIN / "ansible-playbook"), "-i", str(self.inventory), *args],
             cwd=REPO,
-            env=env,
+            env=ansible_env(),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -6,7 +6,6 @@ These need no machines: the preflight play runs against hosts that point back at
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from rayops.ansible_env import ansible_env
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -96,17 +97,10 @@ def _preflight(tmp_path: Path, *extra: str, host_vars: dict[str, dict[str, Any]]
     }
     inv = tmp_path / "inventory.yml"
     inv.write_text(yaml.safe_dump(inventory), encoding="utf-8")
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_FACT_CACHING": "memory",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-    }
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(inv), "site.yml", "--tags", "preflight", *extra],
         cwd=REPO,
-        env=env,
+        env=ansible_env(ANSIBLE_FACT_CACHING="memory"),
         capture_output=True,
         text=True,
         timeout=300,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from rayops.ansible_env import ansible_env
 from rayops.localcloud.cloud import LocalCloud
 
 pytestmark = pytest.mark.localcloud
@@ -18,9 +18,14 @@ BIN = Path(sys.executable).parent
 
 
 def ansible(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "PATH": f"{BIN}:{os.environ['PATH']}"}
     return subprocess.run(
-        [str(BIN / tool), *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=180, check=False
+        [str(BIN / tool), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=ansible_env(),
+        timeout=180,
+        check=False,
     )
 
 
