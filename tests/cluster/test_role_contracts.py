@@ -125,8 +125,15 @@ def test_preflight_accepts_the_defaults(tmp_path: Path) -> None:
         ),
         (
             ["-e", "ray_python_version=3.10"],
-            "Python 3.10 is older than the default profile's pins support (Python >= 3.11: pandas 3 and "
-            "pyarrow 26 ship no older wheels): set ray_python_version to '3.11' or newer",
+            "Python 3.10 cannot install the default profile's pins, which need Python 3.11 or newer "
+            "(pandas 3 and pyarrow 26 ship no older wheels): set ray_python_version to '3.11' or newer, "
+            "or ray_node_profile",
+        ),
+        (
+            ["-e", "ray_node_profile=py39", "-e", "ray_node_auth_enabled=false"],
+            f"Python {sys.version_info[0]}.{sys.version_info[1]} cannot install the py39 profile's pins, "
+            "which need Python 3.9 (its lock is resolved for that Python only): "
+            "set ray_python_version to '3.9'.",
         ),
         (["-e", "ray_python_version=2.7"], "ray_python_version is '2.7': set it to 'system'"),
         (
