@@ -57,20 +57,32 @@ def site(inventory: Path, *extra: str) -> tuple[float, int]:
 Timing = tuple[float, int, float | None, int | None]
 
 
-def fresh_cluster(state: Path, *extra: str, rerun: bool = False) -> Timing:
+def say(msg: str) -> None:
+    print(f"bench: {msg}", flush=True)
+
+
+def fresh_cluster(label: str, state: Path, *extra: str, rerun: bool = False) -> Timing:
     """Boot fresh machines, run site.yml (and optionally again), always tear the machines down."""
     cloud = LocalCloud(
         CloudSpec(name="rbench", workers=2, subnet="10.213.191.0/24", s3_port=5795, state_dir=str(state)),
         log=lambda _msg: None,
     )
     try:
+        say(f"{label}: booting 3 fresh machines")
         cloud.up()
         inventory = state / "bench.pulumi_stack.yml"
         inventory.write_text(f"plugin: pulumi_stack\noutputs_file: {cloud.outputs_path.resolve()}\n")
+        say(f"{label}: site.yml")
         cold, cold_changed = site(inventory, *extra)
-        again, again_changed = site(inventory, *extra) if rerun else (None, None)
+        say(f"{label}: site.yml took {cold:.0f} s (changed={cold_changed})")
+        again, again_changed = None, None
+        if rerun:
+            say(f"{label}: site.yml again (idempotent re-run)")
+            again, again_changed = site(inventory, *extra)
+            say(f"{label}: the re-run took {again:.0f} s (changed={again_changed})")
         return cold, cold_changed, again, again_changed
     finally:
+        say(f"{label}: removing the machines")
         cloud.down(quiet=True)
 
 
@@ -86,17 +98,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rayops-bench-") as tmp:
         cache = Path(tmp) / "wheelhouse"
         wheel_args = ("-e", f"ray_node_wheelhouse_dir={cache}")
-        cold, cold_changed, again, again_changed = fresh_cluster(Path(tmp) / "a", *wheel_args, rerun=True)
+        cold, cold_changed, again, again_changed = fresh_cluster(
+            "wheelhouse-cold", Path(tmp) / "a", *wheel_args, rerun=True
+        )
         rows.append(("wheelhouse-cold (fresh machines, empty cache)", cold, cold_changed))
         assert again is not None and again_changed is not None
         rows.append(("idempotent re-run", again, again_changed))
         warm = None
         if not args.skip_warm:
-            warm, warm_changed, _, _ = fresh_cluster(Path(tmp) / "b", *wheel_args)
+            warm, warm_changed, _, _ = fresh_cluster("wheelhouse-warm", Path(tmp) / "b", *wheel_args)
             rows.append(("wheelhouse-warm (fresh machines, cached wheels)", warm, warm_changed))
         index = None
         if not args.skip_index:
-            index, index_changed, _, _ = fresh_cluster(Path(tmp) / "c", "-e", "ray_node_install_method=index")
+            index, index_changed, _, _ = fresh_cluster(
+                "index", Path(tmp) / "c", "-e", "ray_node_install_method=index"
+            )
             rows.append(("index (fresh machines, every node from PyPI)", index, index_changed))
 
     print(f"\n{'run':52} {'seconds':>8} {'changed':>8}")
