@@ -48,7 +48,7 @@ def test_notebook_runs_top_to_bottom(
     dataset.write_bytes(synth.csv_bytes(synth.frame(days=35)))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("RAYOPS_BUCKETS", json.dumps(buckets.to_dict()))
-    monkeypatch.setenv("RAYOPS_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
     monkeypatch.setenv("RAYOPS_DATASET", str(dataset))
     monkeypatch.setenv("RAYOPS_HOLDOUT_WEEKS", "1")
     monkeypatch.setenv("RAYOPS_NUM_BOOST_ROUND", "60")
@@ -79,7 +79,7 @@ def test_notebook_reads_the_current_models_data_by_default(
 ) -> None:
     buckets = make_buckets(s3)
     monkeypatch.setenv("RAYOPS_BUCKETS", json.dumps(buckets.to_dict()))
-    monkeypatch.setenv("RAYOPS_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
     monkeypatch.setenv("RAYOPS_TARGET_ZONE", "2")
     # No model yet: the UCI archive.
     assert run_settings_cell(monkeypatch)["DATASET"].startswith("https://archive.ics.uci.edu/")
