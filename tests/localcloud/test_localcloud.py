@@ -7,12 +7,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from rayops import contract
-from rayops.localcloud import image
+from rayops.localcloud import image, system
 from rayops.localcloud.cloud import CloudSpec, LocalCloud
 from rayops.localcloud.errors import LocalCloudError
 
@@ -181,8 +182,15 @@ def test_down_leaves_nothing_even_after_a_crash(tmp_path: Path) -> None:
         cloud.up()
         state = json.loads((spec.state_path / "state.json").read_text())
         # Crash: the worker's nspawn and the S3 server die without any cleanup.
-        os.kill(state["launcher_pids"]["rcrash-worker-1"], 9)
-        os.kill(state["s3_pid"], 9)
+        crashed = [state["launcher_pids"]["rcrash-worker-1"], state["s3_pid"]]
+        for pid in crashed:
+            os.kill(pid, 9)
+        # SIGKILL is delivered asynchronously: on a loaded host the processes can still be in
+        # /proc for a moment after kill() returns (CI saw up() find them alive).
+        deadline = time.monotonic() + 30
+        while any(system.pid_alive(pid) for pid in crashed):
+            assert time.monotonic() < deadline, f"{crashed} still alive 30 s after SIGKILL"
+            time.sleep(0.1)
         with pytest.raises(
             LocalCloudError, match=r"half up .*machine rcrash-worker-1 is not running.*local-down"
         ):
