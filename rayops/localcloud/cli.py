@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from rayops.localcloud.cloud import (
@@ -15,6 +16,7 @@ from rayops.localcloud.cloud import (
     CloudSpec,
     CloudState,
     LocalCloud,
+    local_clouds,
 )
 from rayops.localcloud.errors import LocalCloudError
 
@@ -47,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
         common(sp)
         if name == "status":
             sp.add_argument("--json", action="store_true", help="print JSON")
+        else:
+            sp.add_argument(
+                "--all",
+                action="store_true",
+                help="remove every local cloud on this host (see `list`), e.g. after a killed test run",
+            )
+    sub.add_parser(
+        "list", help="name every local cloud on this host (found by its folder or its rb-<name> bridge)"
+    )
     for name, helptext in (
         ("stop-machine", "power one machine off, keeping its disk"),
         ("start-machine", "boot a stopped machine again"),
@@ -71,7 +82,19 @@ def _cloud(args: argparse.Namespace) -> LocalCloud:
     state = CloudState.load(args.state_dir)
     if state is not None and args.name in (None, state.spec.name):
         return LocalCloud(state.spec)
-    return LocalCloud(CloudSpec(name=args.name or DEFAULT_NAME, state_dir=str(args.state_dir)))
+    name = args.name or DEFAULT_NAME
+    # No state file for it here: take its subnet from its bridge, if it still has one.
+    found = local_clouds().get(name, CloudSpec(name=name))
+    return LocalCloud(replace(found, state_dir=str(args.state_dir)))
+
+
+def _down_all(state_dir: Path) -> None:
+    clouds = local_clouds()
+    if not clouds:
+        print("[rayops-local] no local cloud on this host; nothing to do", flush=True)
+    for name in clouds:
+        args = argparse.Namespace(command="down", name=name, state_dir=state_dir)
+        _cloud(args).down()
 
 
 def _print_status(status: dict[str, object]) -> None:
@@ -92,6 +115,15 @@ def _print_status(status: dict[str, object]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "list":
+            for name, spec in local_clouds().items():
+                print(f"{name:<14} {spec.subnet}")
+            return 0
+        if args.command == "down" and args.all:
+            if args.name is not None:
+                raise LocalCloudError("`down --all` removes every cloud: leave out --name, or --all")
+            _down_all(args.state_dir)
+            return 0
         cloud = _cloud(args)
         if args.command == "up":
             cloud.up()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -178,11 +179,22 @@ class LocalCloud:
         return self.spec.state_path / "known_hosts"
 
     # ----------------------------------------------------------------------------------- up
+    def _state(self) -> CloudState | None:
+        """This cloud's state file; an error when the state dir holds another cloud's."""
+        state = CloudState.load(self.spec.state_path)
+        if state is not None and state.spec.name != self.spec.name:
+            raise LocalCloudError(
+                f"{self.spec.state_path} holds the state of cloud '{state.spec.name}', not "
+                f"'{self.spec.name}': pass the --state-dir that cloud '{self.spec.name}' was brought "
+                "up with, or a new one"
+            )
+        return state
+
     def up(self) -> dict[str, Any]:
         """Boot the cloud and return its contract; a no-op when it is already fully up."""
         system.preflight()
         start = time.monotonic()
-        state = CloudState.load(self.spec.state_path)
+        state = self._state()
         if state is not None:
             problems = self._health_problems(state)
             if not problems and self.outputs_path.exists():
@@ -562,7 +574,7 @@ class LocalCloud:
         self.log(f"{m.name} is running again")
 
     def _require_state(self) -> CloudState:
-        state = CloudState.load(self.spec.state_path)
+        state = self._state()
         if state is None:
             raise LocalCloudError(f"cloud '{self.spec.name}' is not up: run `make local-up` first")
         return state
@@ -603,7 +615,12 @@ class LocalCloud:
     def down(self, quiet: bool = False) -> None:
         """Remove everything of this cloud; safe on a half-up, crashed or already-down cloud."""
         system.preflight()
-        state = CloudState.load(self.spec.state_path)
+        # Another cloud's state dir (`down --name x` beside the default cloud's .rayops/local) is
+        # neither read nor removed: its pids and files belong to that cloud.
+        try:
+            state, own_state_dir = self._state(), True
+        except LocalCloudError:
+            state, own_state_dir = None, False
         pids = state.launcher_pids if state else {}
         # Machines named in the state file, plus any of this cloud's machines still running.
         names = {m.name for m in self.spec.machines()} | set(pids)
@@ -631,7 +648,7 @@ class LocalCloud:
         self._delete_rules()
         if Path(f"/sys/class/net/{self.spec.bridge}").exists():
             run(["ip", "link", "delete", self.spec.bridge])
-        if self.spec.state_path.exists():
+        if own_state_dir and self.spec.state_path.exists():
             shutil.rmtree(self.spec.state_path)
         if not quiet:
             self.log(f"cloud '{self.spec.name}' is down; nothing of it is left")
@@ -667,10 +684,12 @@ class LocalCloud:
             path.rmdir()
 
     def _stop_s3(self, pid: int | None) -> None:
-        endpoint = ["-H", self.spec.gateway, "-p", str(self.spec.s3_port)]
-
+        # The gateway address is this cloud's alone (subnets may not overlap); the port is not
+        # matched, so that a leftover cloud found without its state file loses its S3 server too.
         def match(argv: list[str]) -> bool:
-            return any(a.endswith("moto_server") for a in argv[:2]) and all(a in argv for a in endpoint)
+            return any(a.endswith("moto_server") for a in argv[:2]) and any(
+                a == "-H" and b == self.spec.gateway for a, b in itertools.pairwise(argv)
+            )
 
         pids = set(system.find_pids(match)) | ({pid} if pid and system.pid_alive(pid) else set())
         for p in pids:
@@ -692,7 +711,7 @@ class LocalCloud:
     # ------------------------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
         """Machines with IP, state and memory; the S3 endpoint; the contract path."""
-        state = CloudState.load(self.spec.state_path)
+        state = self._state()
         spec = state.spec if state else self.spec
         rows = []
         for m in spec.machines():
@@ -724,6 +743,30 @@ class LocalCloud:
             "s3_endpoint_url": spec.s3_endpoint_url if s3_up else None,
             "contract": str(self.outputs_path) if self.outputs_path.exists() else None,
         }
+
+
+def local_clouds() -> dict[str, CloudSpec]:
+    """Every local cloud on this host, found by what it leaves: its folder or its rb-<name> bridge.
+
+    Each comes with the subnet its bridge carries (the default when the bridge is gone), so that
+    `down` also finds its NAT rules and S3 server without the state file.
+    """
+    names = set()
+    clouds_dir = RUNTIME_ROOT / "clouds"
+    if clouds_dir.is_dir():
+        names |= {d.name for d in clouds_dir.iterdir() if d.is_dir()}
+    net = Path("/sys/class/net")
+    names |= {d.name[3:] for d in net.glob("rb-*") if (d / "bridge").is_dir()}
+    found = {}
+    for name in sorted(n for n in names if _NAME_RE.match(n)):
+        subnet = DEFAULT_SUBNET
+        out = run(["ip", "-o", "-4", "addr", "show", "dev", f"rb-{name}"], check=False)
+        for word in out.split():
+            if "/" in word and word[0].isdigit():
+                subnet = str(ipaddress.ip_interface(word).network)
+                break
+        found[name] = CloudSpec(name=name, subnet=subnet)
+    return found
 
 
 def _is_mountpoint(path: Path) -> bool:

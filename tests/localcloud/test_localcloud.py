@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -201,6 +202,57 @@ def test_down_leaves_nothing_even_after_a_crash(tmp_path: Path) -> None:
             LocalCloud(spec).up()
     finally:
         LocalCloud(spec).down()
+    assert leftovers(spec) == []
+
+
+def test_cli_finds_and_removes_a_cloud_whose_state_dir_is_gone(tmp_path: Path) -> None:
+    """What a killed test run leaves: `list` names the cloud, `down --name` removes all of it."""
+    spec = spec_for(tmp_path, "rlost", "10.213.56.0/24", 5656)
+    try:
+        LocalCloud(spec).up()
+        shutil.rmtree(spec.state_path)  # the run that made it is gone, and its tmp folder with it
+        listed = subprocess.run([*CLI, "list"], capture_output=True, text=True, check=False)
+        assert listed.returncode == 0, listed.stderr
+        assert "rlost          10.213.56.0/24" in listed.stdout.splitlines()
+        # No spec at all: the subnet comes from the bridge, the S3 server is found by its address.
+        down = subprocess.run(
+            [*CLI, "down", "--name", "rlost", "--state-dir", str(tmp_path / "elsewhere")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert down.returncode == 0, down.stderr
+    finally:
+        LocalCloud(spec).down(quiet=True)
+    assert leftovers(spec) == []
+    listed = subprocess.run([*CLI, "list"], capture_output=True, text=True, check=False)
+    assert "rlost" not in listed.stdout
+
+
+def test_another_clouds_state_dir_is_never_read_or_removed(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, "rown", "10.213.55.0/24", 5655)
+    cloud = LocalCloud(spec)
+    try:
+        cloud.up()
+        state_dir = ["--state-dir", spec.state_dir]
+        for argv, message in (
+            (["up", "--name", "rother", "--subnet", "10.213.57.0/24", "--s3-port", "5657"], "up"),
+            (["status", "--name", "rother"], "status"),
+        ):
+            proc = subprocess.run([*CLI, *argv, *state_dir], capture_output=True, text=True, check=False)
+            assert proc.returncode == 1, message
+            assert "holds the state of cloud 'rown', not 'rother'" in proc.stderr, proc.stderr
+        down = subprocess.run(
+            [*CLI, "down", "--name", "rother", *state_dir], capture_output=True, text=True, check=False
+        )
+        assert down.returncode == 0, down.stderr
+        # rown's machines, S3 server and state dir are untouched.
+        assert cloud.status()["machines"][1]["state"] == "running"
+        assert cloud.status()["s3_endpoint_url"] == "http://10.213.55.1:5655"
+        assert (spec.state_path / "state.json").exists()
+        assert leftovers(spec_for(tmp_path / "other", "rother", "10.213.57.0/24", 5657)) == []
+    finally:
+        cloud.down()
     assert leftovers(spec) == []
 
 
