@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from rayops.ansible_env import ansible_env
+from rayops.ansible_env import BIN, REPO, ansible_env
 from rayops.localcloud.cloud import CloudSpec, LocalCloud
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 
 

@@ -14,10 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from rayops.ansible_env import ansible_env
+from rayops.ansible_env import BIN, REPO, ansible_env
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 ROLES = ["ray_python", "ray_node", "ray_head", "ray_worker", "jupyterlab"]
 SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),

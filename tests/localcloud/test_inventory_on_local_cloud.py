@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from rayops.ansible_env import ansible_env
+from rayops.ansible_env import BIN, REPO, ansible_env
 from rayops.localcloud.cloud import LocalCloud
 
 pytestmark = pytest.mark.localcloud
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 
 def ansible(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
