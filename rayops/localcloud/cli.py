@@ -79,13 +79,20 @@ def _cloud(args: argparse.Namespace) -> LocalCloud:
             state_dir=str(args.state_dir),
         )
         return LocalCloud(spec)
-    state = CloudState.load(args.state_dir)
-    if state is not None and args.name in (None, state.spec.name):
+    return _existing_cloud(args.name, args.state_dir)
+
+
+def _existing_cloud(
+    name: str | None, state_dir: Path, found: dict[str, CloudSpec] | None = None
+) -> LocalCloud:
+    """The cloud in the state dir when it is the one named; else the one `local_clouds` finds by name."""
+    state = CloudState.load(state_dir)
+    if state is not None and name in (None, state.spec.name):
         return LocalCloud(state.spec)
-    name = args.name or DEFAULT_NAME
+    name = name or DEFAULT_NAME
     # No state file for it here: take its subnet from its bridge, if it still has one.
-    found = local_clouds().get(name, CloudSpec(name=name))
-    return LocalCloud(replace(found, state_dir=str(args.state_dir)))
+    spec = (local_clouds() if found is None else found).get(name, CloudSpec(name=name))
+    return LocalCloud(replace(spec, state_dir=str(state_dir)))
 
 
 def _down_all(state_dir: Path) -> None:
@@ -93,8 +100,7 @@ def _down_all(state_dir: Path) -> None:
     if not clouds:
         print("[rayops-local] no local cloud on this host; nothing to do", flush=True)
     for name in clouds:
-        args = argparse.Namespace(command="down", name=name, state_dir=state_dir)
-        _cloud(args).down()
+        _existing_cloud(name, state_dir, clouds).down()
 
 
 def _print_status(status: dict[str, object]) -> None:

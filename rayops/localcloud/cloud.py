@@ -266,12 +266,8 @@ class LocalCloud:
 
     def _check_subnet_free(self) -> None:
         net = self.spec.network
-        out = run(["ip", "-4", "-o", "addr", "show"])
-        for line in out.splitlines():
-            parts = line.split()
-            dev, cidr = parts[1], parts[3]
-            other = ipaddress.IPv4Interface(cidr).network
-            if other.overlaps(net):
+        for dev, cidr in _host_ipv4():
+            if cidr.network.overlaps(net):
                 raise LocalCloudError(
                     f"subnet {net} is already taken ({cidr} on {dev}): pick another, "
                     f"e.g. `make local-up SUBNET=10.213.8.0/24`"
@@ -617,10 +613,10 @@ class LocalCloud:
         system.preflight()
         # Another cloud's state dir (`down --name x` beside the default cloud's .rayops/local) is
         # neither read nor removed: its pids and files belong to that cloud.
-        try:
-            state, own_state_dir = self._state(), True
-        except LocalCloudError:
-            state, own_state_dir = None, False
+        state = CloudState.load(self.spec.state_path)
+        own_state_dir = state is None or state.spec.name == self.spec.name
+        if not own_state_dir:
+            state = None
         pids = state.launcher_pids if state else {}
         # Machines named in the state file, plus any of this cloud's machines still running.
         names = {m.name for m in self.spec.machines()} | set(pids)
@@ -755,18 +751,19 @@ def local_clouds() -> dict[str, CloudSpec]:
     clouds_dir = RUNTIME_ROOT / "clouds"
     if clouds_dir.is_dir():
         names |= {d.name for d in clouds_dir.iterdir() if d.is_dir()}
-    net = Path("/sys/class/net")
-    names |= {d.name[3:] for d in net.glob("rb-*") if (d / "bridge").is_dir()}
-    found = {}
-    for name in sorted(n for n in names if _NAME_RE.match(n)):
-        subnet = DEFAULT_SUBNET
-        out = run(["ip", "-o", "-4", "addr", "show", "dev", f"rb-{name}"], check=False)
-        for word in out.split():
-            if "/" in word and word[0].isdigit():
-                subnet = str(ipaddress.ip_interface(word).network)
-                break
-        found[name] = CloudSpec(name=name, subnet=subnet)
-    return found
+    names |= {d.name[3:] for d in Path("/sys/class/net").glob("rb-*") if (d / "bridge").is_dir()}
+    subnets = {dev[3:]: str(cidr.network) for dev, cidr in _host_ipv4() if dev.startswith("rb-")}
+    return {
+        name: CloudSpec(name=name, subnet=subnets.get(name, DEFAULT_SUBNET))
+        for name in sorted(names)
+        if _NAME_RE.match(name)
+    }
+
+
+def _host_ipv4() -> list[tuple[str, ipaddress.IPv4Interface]]:
+    """(device, address/prefix) of every IPv4 address on this host."""
+    lines = run(["ip", "-4", "-o", "addr", "show"]).splitlines()
+    return [(parts[1], ipaddress.IPv4Interface(parts[3])) for parts in map(str.split, lines)]
 
 
 def _is_mountpoint(path: Path) -> bool:
