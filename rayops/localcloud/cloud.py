@@ -580,9 +580,7 @@ class LocalCloud:
         for p in set(pids):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGTERM)  # nspawn turns this into an orderly poweroff of the machine
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(system.pid_alive(p) for p in pids):
-            time.sleep(0.2)
+        system.wait_gone(pids, timeout, interval=0.2)
         self._kill_cgroup(m)
 
     def _kill_cgroup(self, m: Machine) -> None:
@@ -691,9 +689,7 @@ class LocalCloud:
         for p in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(system.pid_alive(p) for p in pids):
-            time.sleep(0.1)
+        system.wait_gone(pids, 10)
         for p in pids:
             if system.pid_alive(p):
                 with contextlib.suppress(ProcessLookupError):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from rayops.localcloud.errors import LocalCloudError
 
@@ -58,6 +59,17 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state != "Z"
+
+
+def wait_gone(pids: Iterable[int], timeout: float, interval: float = 0.1) -> bool:
+    """Wait up to ``timeout`` seconds until none of ``pids`` is alive; True when they are all gone."""
+    pids = list(pids)
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def cmdline(pid: int) -> list[str]:
