@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rayops.workflow.config import (
+    FEATURE_EXECUTORS,
     UCI_URL,
     Buckets,
     Thresholds,
@@ -52,6 +53,16 @@ def _optional_float(text: str) -> float | None:
     return float(text)
 
 
+def _workers(text: str) -> int | None:
+    """``--num-workers``: 'auto' or a whole number (range checked by WorkflowConfig)."""
+    if text.strip().lower() in ("auto", ""):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a whole number") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rayops.workflow",
@@ -80,7 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--run-id", default=None, help="run id used in every S3 key (default: UTC time + random)"
     )
-    run.add_argument("--num-workers", type=int, default=3, help="Ray Train workers, one per node (default 3)")
+    run.add_argument(
+        "--num-workers",
+        type=_workers,
+        default=None,
+        help="Ray Train workers: 'auto' (default: one process for a table that fits it, else one "
+        "worker per node and physical core), 0 (one process) or N (N workers)",
+    )
+    run.add_argument(
+        "--features-executor",
+        choices=FEATURE_EXECUTORS,
+        default="auto",
+        help="who runs the feature steps: 'auto' (default: pandas on the driver for small tables), "
+        "'pandas' or 'ray' (Ray Data on the cluster)",
+    )
     run.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (= XGBoost threads) per worker")
     defaults = XGBoostParams()
     run.add_argument("--num-boost-round", type=int, default=defaults.num_boost_round)
@@ -104,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-rmse", type=_optional_float, default=None, help="promotion gate on holdout RMSE")
     run.add_argument("--max-mae", type=_optional_float, default=None, help="promotion gate on holdout MAE")
     run.add_argument("--max-mape", type=_optional_float, default=None, help="promotion gate on MAPE, percent")
-    run.add_argument("--report-every", type=int, default=100, help="rounds between reports to Ray Train")
+    run.add_argument(
+        "--report-every",
+        type=int,
+        default=100,
+        help="rounds between progress lines (Ray Train gets one report, with the models, at the end)",
+    )
     run.add_argument(
         "--git-sha", default=None, help="commit of the code, recorded in the model metadata ('unknown': none)"
     )
@@ -135,6 +164,7 @@ def config_from_args(args: argparse.Namespace) -> WorkflowConfig:
         run_id=args.run_id or new_run_id(),
         num_workers=args.num_workers,
         cpus_per_worker=args.cpus_per_worker,
+        features_executor=args.features_executor,
         xgboost=XGBoostParams(
             num_boost_round=args.num_boost_round,
             max_depth=args.max_depth,

@@ -20,6 +20,7 @@ from rayops.workflow.errors import ConfigError
 UCI_URL = "https://archive.ics.uci.edu/static/public/849/power+consumption+of+tetouan+city.zip"
 BUCKET_KINDS = ("raw", "features", "models", "results")
 TARGET_ZONES = (1, 2, 3)
+FEATURE_EXECUTORS = ("auto", "pandas", "ray")
 #: The seed lab's recorded result on its random 80/20 split (hourly Zone 1 sums).
 SEED_REFERENCE = {"target_zone": 1, "rmse": 8029.0, "mae": 5502.0}
 
@@ -164,8 +165,9 @@ class WorkflowConfig:
     s3_endpoint_url: str | None = None
     target_zone: int = 1
     run_id: str = field(default_factory=new_run_id)
-    num_workers: int = 3
+    num_workers: int | None = None  # None: auto (one process for small tables); 0: one process; N: N workers
     cpus_per_worker: int = 1
+    features_executor: str = "auto"  # auto, pandas (on the driver) or ray (Ray Data)
     xgboost: XGBoostParams = field(default_factory=XGBoostParams)
     thresholds: Thresholds = field(default_factory=Thresholds)
     holdout_weeks: int = 4
@@ -193,7 +195,10 @@ class WorkflowConfig:
             )
         if not self.dataset.strip():
             raise ConfigError("--dataset is empty: pass a path, an s3:// URI or an https:// URL")
-        _check_int("--num-workers", self.num_workers, 1, 1024)
+        if self.num_workers is not None:
+            _check_int("--num-workers", self.num_workers, 0, 1024)
+        if self.features_executor not in FEATURE_EXECUTORS:
+            raise ConfigError(f"--features-executor is {self.features_executor!r}: pass auto, pandas or ray")
         _check_int("--cpus-per-worker", self.cpus_per_worker, 1, 1024)
         _check_int("--holdout-weeks", self.holdout_weeks, 1, 52)
         _check_float("--test-fraction", self.test_fraction, 0.0, 0.9, low_open=True)

@@ -1,6 +1,11 @@
-"""Stage 2, features with Ray Data: hourly table, calendar, season, lags, fixed one-hot categories.
+"""Stage 2, features: hourly table, calendar, season, lags, fixed one-hot categories.
 
-Pipeline (each step a Ray Data operation, so it runs on the cluster's nodes):
+One code path for the logic, two executors: the batch functions below are run either by Ray Data
+(large tables, on the cluster's nodes) or by pandas on the driver (small tables: the raw rows are
+already in the driver's memory after ingest, and Ray Data's start-up costs tens of seconds on a
+table of a few thousand hours). ``choose_executor`` picks one by the raw row count and says why.
+
+Pipeline (with Ray Data each step is a Ray Data operation; pandas runs the same steps in order):
 
 1. ``map_batches(hour_keys)``: 10-minute rows -> integer hour key (float values untouched).
 2. ``groupby("hour").aggregate``: weather means, each zone's sum, and the number of readings.
@@ -22,7 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -48,6 +53,9 @@ CALENDAR = (
 )
 TARGET = "target"
 TIMESTAMP = "timestamp"
+#: Raw (10-minute) rows up to which the driver featurizes in pandas: ~19 years of 10-minute data,
+#: about 0.3 GB of float64 columns, already held by the driver after ingest.
+PANDAS_MAX_ROWS = 1_000_000
 _SEASON_OF_MONTH = {12: 0, 1: 0, 2: 0, 3: 1, 4: 1, 5: 1, 6: 2, 7: 2, 8: 2, 9: 3, 10: 3, 11: 3}
 
 
@@ -130,21 +138,96 @@ def complete_rows(batch: pd.DataFrame) -> pd.DataFrame:
     return batch.loc[batch[columns[1:]].notna().all(axis=1), columns].reset_index(drop=True)
 
 
-# -------------------------------------------------------------------------- the Ray Data pipeline
+def hourly_aggregate(keyed: pd.DataFrame, zones: list[str]) -> pd.DataFrame:
+    """What Ray Data's ``groupby("hour").aggregate(Count, Mean, Sum)`` yields, computed on the driver:
+    one row per hour with the number of readings, the weather means and each zone's sum.
+
+    Arrow's grouped sum and mean, single-threaded, as Ray Data uses them: the same bits as the Ray
+    Data executor (pandas' own groupby sums with compensation and differs in the last bit)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(keyed[["hour", *WEATHER, *zones]], preserve_index=False)
+    specs = [("hour", "count"), *[(c, "mean") for c in WEATHER], *[(z, "sum") for z in zones]]
+    out = table.group_by("hour", use_threads=False).aggregate(specs).to_pandas()
+    names = {"hour_count": "readings", **{f"{c}_mean": c for c in WEATHER}, **{f"{z}_sum": z for z in zones}}
+    return out.rename(columns=names)[["hour", "readings", *WEATHER, *zones]]
+
+
+# ------------------------------------------------------------------------------- the executors
 
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """The materialized feature table and what the manifest records about it."""
+    """The feature table and what the manifest records about it."""
 
-    dataset: Any  # ray.data.Dataset (materialized)
-    frame: pd.DataFrame  # the same rows on the driver, sorted by time
+    dataset: Any  # ray.data.Dataset (materialized) with Ray Data; None with pandas
+    frame: pd.DataFrame  # the rows on the driver, sorted by time
     hours: int
     incomplete_hours: int
+    executor: str  # "pandas" or "ray"
+    reason: str  # why that executor (logged, recorded in metrics.json)
 
     @property
     def rows(self) -> int:
         return len(self.frame)
+
+
+@dataclass(frozen=True)
+class ExecutorChoice:
+    executor: Literal["pandas", "ray"]
+    reason: str
+
+
+def choose_executor(raw_rows: int, requested: str = "auto") -> ExecutorChoice:
+    """pandas on the driver for tables up to ``PANDAS_MAX_ROWS`` raw rows, Ray Data above; a
+    requested executor other than ``auto`` is used as asked."""
+    if requested == "pandas":
+        return ExecutorChoice("pandas", "pandas on the driver, as asked (--features-executor pandas)")
+    if requested == "ray":
+        return ExecutorChoice("ray", "Ray Data on the cluster, as asked (--features-executor ray)")
+    if raw_rows <= PANDAS_MAX_ROWS:
+        return ExecutorChoice(
+            "pandas",
+            f"{raw_rows:,} raw rows <= {PANDAS_MAX_ROWS:,}: pandas on the driver, which already holds "
+            "them (Ray Data's start-up would cost more than the work)",
+        )
+    return ExecutorChoice(
+        "ray", f"{raw_rows:,} raw rows > {PANDAS_MAX_ROWS:,}: Ray Data on the cluster's nodes"
+    )
+
+
+def _finish(frame: pd.DataFrame, raw: pd.DataFrame, dataset: Any, choice: ExecutorChoice) -> FeatureSet:
+    frame = frame.sort_values(TIMESTAMP, kind="stable").reset_index(drop=True)
+    # Plain numpy dtypes on the driver (Ray may hand back Arrow-backed columns).
+    frame = frame.astype({TIMESTAMP: "datetime64[ns]", **dict.fromkeys(frame.columns[1:], "float64")})
+    per_hour = raw["datetime"].dt.floor("h").value_counts()
+    usual = int(per_hour.mode().max()) if len(per_hour) else 0
+    return FeatureSet(
+        dataset=dataset,
+        frame=frame,
+        hours=len(per_hour),
+        incomplete_hours=int((per_hour < usual).sum()),
+        executor=choice.executor,
+        reason=choice.reason,
+    )
+
+
+def build_features(
+    raw: pd.DataFrame, target_zone: int, blocks: int = 4, executor: str = "auto"
+) -> FeatureSet:
+    """Featurize ``raw`` with the executor ``choose_executor`` picks (logged)."""
+    choice = choose_executor(len(raw), executor)
+    log.info("features: %s", choice.reason)
+    zones = [z for z in ZONES if z in raw.columns]
+    raw = raw[["datetime", *WEATHER, *zones]]
+    if choice.executor == "ray":
+        frame, dataset = _ray_data_pipeline(raw, target_zone, zones, blocks)
+        return _finish(frame, raw, dataset, choice)
+    # The same steps in order, on the hour-aligned blocks Ray Data would get.
+    keyed = pd.concat([hour_keys(chunk) for chunk in _hour_aligned_chunks(raw, blocks)], ignore_index=True)
+    lagged = add_lags(hourly_aggregate(keyed, zones), target_zone=target_zone)
+    frame = complete_rows(add_calendar(lagged))
+    return _finish(frame, raw, None, choice)
 
 
 def _hour_aligned_chunks(raw: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
@@ -157,13 +240,13 @@ def _hour_aligned_chunks(raw: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
     return [raw.iloc[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def build_features(raw: pd.DataFrame, target_zone: int, blocks: int = 4) -> FeatureSet:
-    """Run the feature pipeline on the cluster; return the materialized dataset and a driver copy."""
+def _ray_data_pipeline(
+    raw: pd.DataFrame, target_zone: int, zones: list[str], blocks: int
+) -> tuple[pd.DataFrame, Any]:
+    """The pipeline as Ray Data operations; returns the driver copy and the materialized dataset."""
     import ray.data
     from ray.data.aggregate import Count, Mean, Sum
 
-    zones = [z for z in ZONES if z in raw.columns]
-    raw = raw[["datetime", *WEATHER, *zones]]
     source = ray.data.from_pandas(_hour_aligned_chunks(raw, blocks))
     ds: Any = source.map_batches(hour_keys, batch_format="pandas", batch_size=None)
     aggregates: list[Any] = [
@@ -180,14 +263,4 @@ def build_features(raw: pd.DataFrame, target_zone: int, blocks: int = 4) -> Feat
         .map_batches(complete_rows, batch_format="pandas", batch_size=2048)
         .materialize()
     )
-    frame = features.to_pandas().sort_values(TIMESTAMP, kind="stable").reset_index(drop=True)
-    # Plain numpy dtypes on the driver (Ray may hand back Arrow-backed columns).
-    frame = frame.astype({TIMESTAMP: "datetime64[ns]", **dict.fromkeys(frame.columns[1:], "float64")})
-    per_hour = raw["datetime"].dt.floor("h").value_counts()
-    usual = int(per_hour.mode().max()) if len(per_hour) else 0
-    return FeatureSet(
-        dataset=features,
-        frame=frame,
-        hours=len(per_hour),
-        incomplete_hours=int((per_hour < usual).sum()),
-    )
+    return features.to_pandas(), features

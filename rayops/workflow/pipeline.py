@@ -45,6 +45,14 @@ class _Stage:
             log.info("stage %d/%d %s: done in %.1f s", self.index, STAGES, self.name, seconds)
 
 
+def _write_parquet(frame: Any, path: str, filesystem: Any) -> None:
+    """One Parquet file of the feature table (what Ray Data's write_parquet writes, in one part)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, filesystem=filesystem)
+
+
 def target_description(zone: int) -> str:
     return f"hourly Zone {zone} power consumption (sum of the six 10-minute readings, dataset units)"
 
@@ -127,14 +135,17 @@ def run(
     if connect is not None:
         connect()
 
-    # 2. features with Ray Data ---------------------------------------------------------------
+    # 2. features: pandas on the driver (small tables) or Ray Data ------------------------------
     with _Stage(2, "features", timings):
-        fset = features.build_features(table.frame, config.target_zone)
+        fset = features.build_features(table.frame, config.target_zone, executor=config.features_executor)
         base = f"{prefix}/runs/{run_id}"
         parquet_path = f"{buckets.features}/{base}/data"
         fs = store.filesystem(buckets.features)
         try:
-            fset.dataset.write_parquet(parquet_path, filesystem=fs)
+            if fset.dataset is not None:
+                fset.dataset.write_parquet(parquet_path, filesystem=fs)
+            else:
+                _write_parquet(fset.frame, f"{parquet_path}/part-00000.parquet", fs)
         except Exception as err:
             raise WorkflowError(
                 f"cannot write the features to s3://{parquet_path} ({type(err).__name__}): "
@@ -265,9 +276,18 @@ def run(
             "report_uri": f"s3://{buckets.results}/{results_base}/report.md",
             "params": {**asdict(config.xgboost), "objective": "reg:squarederror", "tree_method": "hist"},
             "training": {
+                "mode": trained.plan.mode,
+                "requested_workers": "auto" if config.num_workers is None else config.num_workers,
                 "num_workers": trained.plan.num_workers,
                 "placement_strategy": trained.plan.placement_strategy,
                 "cpus_per_worker": config.cpus_per_worker,
+                "nthread": trained.plan.nthread,
+                "reason": trained.plan.reason,
+            },
+            "features_execution": {
+                "executor": fset.executor,
+                "requested": config.features_executor,
+                "reason": fset.reason,
             },
             "git_sha": artifacts.detect_git_sha(config.git_sha),
             "timings_s": timings,

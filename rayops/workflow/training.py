@@ -1,18 +1,29 @@
-"""Stage 3, train: XGBoost with Ray Train V2 (one worker per node), and the linear baseline.
+"""Stage 3, train: XGBoost through Ray Train V2, in one process or distributed, and the linear baseline.
 
-Determinism: fixed booster seed, ``hist`` trees, one thread per reserved CPU, and the same rows on
-the same worker every run (Ray Data's split with ``preserve_order`` and no locality hints, input
-blocks built in time order).
+Execution (``choose_execution``): a training table small enough for one process is trained in Ray
+Train's local mode (``ScalingConfig(num_workers=0)``: the same per-worker function, run in the
+driver with every physical core of its machine, no worker group, no data sharding); a larger one
+by a worker group of at most one worker per physical core, one per node (``STRICT_SPREAD``) where
+the nodes allow it. Distributed XGBoost pays a worker-group start (seconds) and an allreduce of
+histograms per tree level, which a table that one machine boosts in seconds never wins back.
+``--num-workers 0`` forces one process, ``--num-workers N`` a worker group of N (capped by the cluster).
 
-Reporting to Ray Train costs a round trip per call (about 2 s per boosting round measured on the
-local cloud), so workers report every ``report_every`` rounds and checkpoint only at the end. Both
-protocols' boosters are trained in one Ray Train run: the worker group starts once (~30 s here).
+Determinism: fixed booster seed, ``hist`` trees, a fixed thread count, and (distributed) the same
+rows on the same worker every run (Ray Data's split with ``preserve_order`` and no locality hints,
+input blocks built in time order).
+
+Reporting: every ``ray.train.report`` waits for the controller's poll (2 s by default), so workers
+report once, at the end, with the checkpoint that carries the models; rank 0 prints a progress line
+every ``report_every`` rounds without reporting; the controller polls every
+``HEALTH_CHECK_INTERVAL_S`` so the final report does not wait 2 s. Both protocols' boosters are
+trained in one Ray Train run: the worker group starts once.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -33,21 +44,83 @@ from rayops.workflow.features import TARGET
 
 log = logging.getLogger(__name__)
 
+#: Training tables of at most this many values (rows x features) train in one process when the
+#: worker count is "auto": 50M float64 values are 400 MB, which the driver already holds as a
+#: frame; bench/bench_train.py shows one process is faster than a worker group at 1M x 20.
+LOCAL_MAX_VALUES = 50_000_000
+#: The Ray Train controller's poll interval we set (its default, 2 s, delays every report).
+HEALTH_CHECK_INTERVAL_S = "0.1"
+_HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
 
 # --------------------------------------------------------------------------- worker placement
 
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    """How many Ray Train workers, placed how, and why (logged as one line)."""
+    """How training runs (one process, or how many Ray Train workers placed how), and why."""
 
-    num_workers: int
-    placement_strategy: str
+    num_workers: int  # 0: Ray Train's local mode (one process, the driver)
+    placement_strategy: str | None  # None in local mode
     reason: str
+    nthread: int = 1  # XGBoost threads per process
+
+    @property
+    def mode(self) -> str:
+        return "local" if self.num_workers == 0 else "distributed"
 
 
-def plan_workers(requested: int, cpus_per_worker: int, node_cpus: list[float]) -> WorkerPlan:
-    """Place ``requested`` workers: one per node (STRICT_SPREAD) when the nodes allow it.
+def physical_cores(cpuinfo: str | None = None) -> int:
+    """Physical cores this process may use: distinct (physical id, core id) pairs of /proc/cpuinfo,
+    at most the CPUs of its affinity mask (logical CPUs where cpuinfo does not say)."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return logical
+    cores: set[tuple[str, str]] = set()
+    for block in cpuinfo.split("\n\n"):
+        fields = dict(
+            (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines())
+        )
+        if "core id" in fields:
+            cores.add((fields.get("physical id", "0"), fields["core id"]))
+    return min(len(cores), logical) if cores else logical
+
+
+def choose_execution(
+    requested: int | None, rows: int, features: int, cpus_per_worker: int, local_cores: int
+) -> WorkerPlan | None:
+    """One process (a ``WorkerPlan`` with ``num_workers=0``), or None for a worker group.
+
+    ``requested`` is ``--num-workers``: None is "auto" (one process up to ``LOCAL_MAX_VALUES``
+    values), 0 forces one process, N >= 1 forces a worker group (placed by ``plan_workers``)."""
+    values = rows * features
+    if requested == 0:
+        return WorkerPlan(
+            0, None, f"one process with {local_cores} thread(s), as asked (--num-workers 0)", local_cores
+        )
+    if requested is not None:
+        return None
+    if values <= LOCAL_MAX_VALUES:
+        return WorkerPlan(
+            0,
+            None,
+            f"one process with {local_cores} thread(s) (Ray Train local mode): the table has "
+            f"{rows:,} rows x {features} features = {values:,} values <= {LOCAL_MAX_VALUES:,}, where a "
+            "worker group's start and per-level allreduce cost more than they save "
+            "(--num-workers N forces N workers)",
+            local_cores,
+        )
+    return None
+
+
+def plan_workers(
+    requested: int | None, cpus_per_worker: int, node_cpus: list[float], cores: int | None = None
+) -> WorkerPlan:
+    """Place a worker group: ``requested`` workers (None: one per node), one per node (STRICT_SPREAD)
+    when the nodes allow it, never more than the cluster's ``cores`` (physical cores) allow.
 
     ``node_cpus`` lists the CPUs of each alive node. Falls back to SPREAD (several workers per node)
     when there are fewer nodes than workers, and to fewer workers when the CPUs do not suffice.
@@ -55,25 +128,39 @@ def plan_workers(requested: int, cpus_per_worker: int, node_cpus: list[float]) -
     fits = [int(c // cpus_per_worker) for c in node_cpus]
     nodes = sum(1 for f in fits if f >= 1)
     slots = sum(fits)
-    if nodes >= requested:
-        return WorkerPlan(
-            requested,
-            "STRICT_SPREAD",
-            f"{requested} worker(s) on {requested} different node(s) of {nodes} (STRICT_SPREAD)",
+    auto = requested is None
+    wanted = max(1, nodes) if requested is None else requested
+    capped = ""
+    if cores is not None and wanted * cpus_per_worker > cores:
+        limit = max(1, cores // cpus_per_worker)
+        capped = (
+            f"the cluster has {cores} physical core(s), room for {limit} worker(s) of {cpus_per_worker} "
+            f"CPU, not {wanted}; "
         )
-    if slots >= requested:
+        wanted = limit
+    asked = "" if auto else f" (--num-workers {requested})"
+    if nodes >= wanted:
         return WorkerPlan(
-            requested,
+            wanted,
+            "STRICT_SPREAD",
+            f"{capped}{wanted} worker(s) on {wanted} different node(s) of {nodes} (STRICT_SPREAD){asked}",
+            cpus_per_worker,
+        )
+    if slots >= wanted:
+        return WorkerPlan(
+            wanted,
             "SPREAD",
-            f"only {nodes} node(s) can hold a {cpus_per_worker}-CPU worker, fewer than the {requested} "
-            "workers asked for: placing them with SPREAD, several per node",
+            f"{capped}only {nodes} node(s) can hold a {cpus_per_worker}-CPU worker, fewer than the {wanted} "
+            f"workers asked for{asked}: placing them with SPREAD, several per node",
+            cpus_per_worker,
         )
     workers = max(1, slots)
     return WorkerPlan(
         workers,
         "SPREAD",
-        f"the cluster has room for {slots} worker(s) of {cpus_per_worker} CPU, fewer than the {requested} "
-        f"asked for: training with {workers} worker(s) (SPREAD)",
+        f"{capped}the cluster has room for {slots} worker(s) of {cpus_per_worker} CPU, fewer than the "
+        f"{wanted} asked for{asked}: training with {workers} worker(s) (SPREAD)",
+        cpus_per_worker,
     )
 
 
@@ -85,12 +172,35 @@ def cluster_node_cpus() -> list[float]:
     return [float(n.get("Resources", {}).get("CPU", 0.0)) for n in nodes if n.get("Alive")]
 
 
+def _host_of_node() -> tuple[str, int]:
+    """(kernel boot id, physical cores) of the machine this runs on: nodes that share a kernel
+    (containers on one host, like the local cloud's machines) share its cores."""
+    boot_id = Path("/proc/sys/kernel/random/boot_id")
+    host = boot_id.read_text().strip() if boot_id.exists() else os.uname().nodename
+    return host, physical_cores()
+
+
+def cluster_physical_cores() -> int:
+    """Physical cores behind the alive nodes, each host counted once (one zero-CPU task per node)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0)(_host_of_node)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]  # untyped
+    refs = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        for n in nodes
+    ]
+    hosts = dict(ray.get(refs, timeout=60))
+    return sum(hosts.values())
+
+
 # ------------------------------------------------------------------------------- Ray Train
 
 
-class _ReportEveryN(xgboost.callback.TrainingCallback):
-    """Reports the last round's eval metrics to Ray Train every ``every`` rounds (not every round:
-    each report is a round trip through the controller) and prints a progress line on rank 0."""
+class _ProgressEveryN(xgboost.callback.TrainingCallback):
+    """Prints the last round's eval metrics every ``every`` rounds, on rank 0 only. It does not
+    report to Ray Train: each report waits for the controller; the one report is at the end."""
 
     def __init__(self, job: str, every: int, total: int) -> None:
         super().__init__()
@@ -100,34 +210,40 @@ class _ReportEveryN(xgboost.callback.TrainingCallback):
         import ray.train
 
         done = epoch + 1
-        if done % self._every == 0 and done < self._total:
-            report = {
-                f"{self._job}/{data}-{metric}": float(values[-1])
-                for data, metrics in evals_log.items()
-                for metric, values in metrics.items()
-            }
-            ray.train.report({"round": done, **report})
-            if ray.train.get_context().get_world_rank() == 0:
-                shown = " ".join(f"{k}={v:.1f}" for k, v in sorted(report.items()))
-                # sys.stdout, not print(): Ray Train patches print() into a logger that echoes twice.
-                sys.stdout.write(f"[rayops] train: round {done}/{self._total} {shown}\n")
-                sys.stdout.flush()
+        if done % self._every == 0 and done < self._total and ray.train.get_context().get_world_rank() == 0:
+            shown = " ".join(
+                f"{self._job}/{data}-{metric}={float(values[-1]):.1f}"
+                for data, metrics in sorted(evals_log.items())
+                for metric, values in sorted(metrics.items())
+            )
+            # sys.stdout, not print(): Ray Train patches print() into a logger that echoes twice.
+            sys.stdout.write(f"[rayops] train: round {done}/{self._total} {shown}\n")
+            sys.stdout.flush()
         return False
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
-    """Runs on each Ray Train worker: for each job, its shard -> DMatrix -> distributed
-    ``xgboost.train``; then one final report whose checkpoint (rank 0) holds every job's model.
-    The final report also carries the seconds spent inside ``xgboost.train`` per job."""
+    """Runs on each Ray Train worker (or, in local mode, in the driver): for each job, its rows ->
+    DMatrix -> ``xgboost.train`` (distributed across the group, or one process); then one final
+    report whose checkpoint (rank 0) holds every job's model and whose metrics carry the seconds
+    spent inside ``xgboost.train`` per job. In local mode the rows come from ``config["frames"]``
+    and the checkpoint folder is the driver's ``config["model_dir"]`` (local mode keeps only a
+    reference to the folder, so a temporary one would be gone when ``fit()`` returns)."""
     import ray.train
 
     features: list[str] = config["features"]
     total: int = config["num_boost_round"]
+    frames: dict[str, pd.DataFrame] | None = config.get("frames")
     boosters = {}
     boosting: dict[str, float] = {}
     for job in config["jobs"]:
-        shard = ray.train.get_dataset_shard(f"train_{job}").materialize().to_pandas()
-        dtrain = xgboost.DMatrix(shard[features], label=shard[TARGET], feature_names=features)
+        if frames is not None:
+            shard = frames[job]
+        else:
+            shard = ray.train.get_dataset_shard(f"train_{job}").materialize().to_pandas()
+        dtrain = xgboost.DMatrix(
+            shard[features], label=shard[TARGET], feature_names=features, nthread=config["params"]["nthread"]
+        )
         started = time.perf_counter()
         boosters[job] = xgboost.train(
             config["params"],
@@ -135,18 +251,18 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             num_boost_round=total,
             evals=[(dtrain, "train")],
             verbose_eval=False,
-            callbacks=[_ReportEveryN(job, config["report_every"], total)],
+            callbacks=[_ProgressEveryN(job, config["report_every"], total)],
         )
         boosting[job] = time.perf_counter() - started
+    final = {"round": total, **{f"boosting_s/{job}": s for job, s in boosting.items()}}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if ray.train.get_context().get_world_rank() == 0:
+            folder = config.get("model_dir") or tmp
             for job, booster in boosters.items():
-                booster.save_model(str(Path(tmp, f"{job}.ubj")))
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(
-            {"round": total, **{f"boosting_s/{job}": s for job, s in boosting.items()}}, checkpoint=checkpoint
-        )
+                booster.save_model(str(Path(folder, f"{job}.ubj")))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(final, checkpoint=checkpoint)
 
 
 def _blocks(frame: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
@@ -169,39 +285,52 @@ def fit_xgboost(
     params: XGBoostParams,
     *,
     name: str,
-    num_workers: int,
+    num_workers: int | None,
     cpus_per_worker: int,
     report_every: int,
     storage_path: str,
     storage_filesystem: Any = None,
 ) -> TrainOutcome:
     """Train one booster per entry of ``jobs`` (name -> training rows) in ONE Ray Train run with
-    XGBoostTrainer (one worker group, started once); the models come back in its final checkpoint."""
+    XGBoostTrainer: in local mode, or with one worker group started once (see the module docstring).
+    ``num_workers``: None (auto), 0 (one process) or N (a worker group of N)."""
     import ray.data
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.xgboost import XGBoostTrainer
 
-    plan = plan_workers(num_workers, cpus_per_worker, cluster_node_cpus())
+    rows = max((len(frame) for frame in jobs.values()), default=0)
+    plan = choose_execution(num_workers, rows, len(features), cpus_per_worker, physical_cores())
+    if plan is None:
+        plan = plan_workers(num_workers, cpus_per_worker, cluster_node_cpus(), cluster_physical_cores())
     log.info("train: %s", plan.reason)
     columns = [*features, TARGET]
-    datasets: dict[str, Any] = {
-        f"train_{job}": ray.data.from_pandas(_blocks(frame[columns], 2 * plan.num_workers))
-        for job, frame in jobs.items()
+    loop_config: dict[str, Any] = {
+        "jobs": list(jobs),
+        "features": features,
+        "params": params.booster_params(nthread=plan.nthread),
+        "num_boost_round": params.num_boost_round,
+        "report_every": report_every,
     }
+    datasets: dict[str, Any] | None = None
+    model_dir = tempfile.TemporaryDirectory(prefix="rayops-models-")
+    if plan.num_workers == 0:
+        loop_config["frames"] = {job: frame[columns] for job, frame in jobs.items()}
+        loop_config["model_dir"] = model_dir.name
+    else:
+        datasets = {
+            f"train_{job}": ray.data.from_pandas(_blocks(frame[columns], 2 * plan.num_workers))
+            for job, frame in jobs.items()
+        }
+        # The controller reads it from the driver's environment (Ray Train propagates it).
+        os.environ.setdefault(_HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)
     trainer = XGBoostTrainer(
         train_fn_per_worker,
-        train_loop_config={
-            "jobs": list(jobs),
-            "features": features,
-            "params": params.booster_params(nthread=cpus_per_worker),
-            "num_boost_round": params.num_boost_round,
-            "report_every": report_every,
-        },
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.num_workers,
             resources_per_worker={"CPU": cpus_per_worker},
-            placement_strategy=plan.placement_strategy,
+            placement_strategy=plan.placement_strategy or "PACK",
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -215,24 +344,25 @@ def fit_xgboost(
         ),
     )
     started = time.perf_counter()
-    try:
-        result = trainer.fit()
-    except Exception as err:  # TrainingFailedError wraps the worker's own exception
-        cause = err.__cause__ or err
-        text = str(cause).strip()
-        raise WorkflowError(
-            f"XGBoost training ({name}) failed on the Ray cluster ({type(cause).__name__}: "
-            f"{text.splitlines()[0] if text else 'no message'}): see the Ray job logs"
-        ) from err
-    seconds = time.perf_counter() - started
-    if result.checkpoint is None:
-        raise WorkflowError(f"XGBoost training ({name}) ended without a checkpoint: see the Ray job logs")
-    boosters = {}
-    with result.checkpoint.as_directory() as directory:
-        for job in jobs:
-            booster = xgboost.Booster()
-            booster.load_model(str(Path(directory, f"{job}.ubj")))
-            boosters[job] = booster
+    with model_dir:
+        try:
+            result = trainer.fit()
+        except Exception as err:  # TrainingFailedError wraps the worker's own exception
+            cause = err.__cause__ or err
+            text = str(cause).strip()
+            raise WorkflowError(
+                f"XGBoost training ({name}) failed on the Ray cluster ({type(cause).__name__}: "
+                f"{text.splitlines()[0] if text else 'no message'}): see the Ray job logs"
+            ) from err
+        seconds = time.perf_counter() - started
+        if result.checkpoint is None:
+            raise WorkflowError(f"XGBoost training ({name}) ended without a checkpoint: see the Ray job logs")
+        boosters = {}
+        with result.checkpoint.as_directory() as directory:
+            for job in jobs:
+                booster = xgboost.Booster()
+                booster.load_model(str(Path(directory, f"{job}.ubj")))
+                boosters[job] = booster
     final = result.metrics or {}
     boosting = {job: float(final[f"boosting_s/{job}"]) for job in jobs if f"boosting_s/{job}" in final}
     return TrainOutcome(boosters=boosters, seconds=seconds, boosting_seconds=boosting, plan=plan)

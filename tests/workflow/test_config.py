@@ -48,7 +48,8 @@ def test_bad_buckets_name_the_problem(text: str, expected: str) -> None:
         ({"run_id": "../etc"}, "--run-id '../etc' is not usable in S3 keys"),
         ({"s3_endpoint_url": "127.0.0.1:9000"}, "--s3-endpoint-url '127.0.0.1:9000' is not an endpoint URL"),
         ({"s3_endpoint_url": "http://user:pw@host:9000"}, "is not an endpoint URL"),
-        ({"num_workers": 0}, "--num-workers is 0"),
+        ({"num_workers": -1}, "--num-workers is -1: pass a whole number from 0 to 1024"),
+        ({"features_executor": "spark"}, "--features-executor is 'spark': pass auto, pandas or ray"),
         ({"holdout_weeks": 0}, "--holdout-weeks is 0"),
         ({"test_fraction": 1.5}, "--test-fraction is 1.5"),
         ({"git_sha": "not-a-sha"}, "--git-sha 'not-a-sha' is not a git commit id"),
@@ -120,7 +121,13 @@ def test_cli_options_reach_the_config() -> None:
     assert config.thresholds == Thresholds(min_r2=None, max_mape=5.0)
     assert config.git_sha == "ABCDEF1"
     assert config.dataset.startswith("https://archive.ics.uci.edu/")  # the UCI archive by default
-    assert config.num_workers == 3
+    assert config.num_workers is None  # auto: one process for a small table, else a worker group
+    assert config.features_executor == "auto"
+
+
+@pytest.mark.parametrize(("given", "expected"), [("auto", None), ("AUTO", None), ("0", 0), ("3", 3)])
+def test_cli_num_workers_auto_or_a_count(given: str, expected: int | None) -> None:
+    assert _parse("--num-workers", given).num_workers == expected
 
 
 def test_cli_git_sha_unknown_means_none() -> None:

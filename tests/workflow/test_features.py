@@ -1,4 +1,4 @@
-"""Stage 2: hourly features. Pure batch functions first, then the Ray Data pipeline end to end."""
+"""Stage 2: hourly features. Pure batch functions first, then both executors (Ray Data, pandas) end to end."""
 
 from __future__ import annotations
 
@@ -108,9 +108,38 @@ def test_feature_list_is_fixed() -> None:
     assert "zone1" not in names and TARGET not in names  # no same-hour consumption as input
 
 
-def test_ray_data_pipeline(ray_local: Any) -> None:
+@pytest.mark.parametrize(
+    ("rows", "requested", "executor", "reason"),
+    [
+        (52_416, "auto", "pandas", "52,416 raw rows <= 1,000,000: pandas on the driver"),
+        (features.PANDAS_MAX_ROWS, "auto", "pandas", "<= 1,000,000"),
+        (features.PANDAS_MAX_ROWS + 1, "auto", "ray", "1,000,001 raw rows > 1,000,000: Ray Data"),
+        (52_416, "ray", "ray", "as asked (--features-executor ray)"),
+        (10**8, "pandas", "pandas", "as asked (--features-executor pandas)"),
+    ],
+)
+def test_executor_choice(rows: int, requested: str, executor: str, reason: str) -> None:
+    choice = features.choose_executor(rows, requested)
+    assert choice.executor == executor
+    assert reason in choice.reason
+
+
+def test_pandas_executor_gives_the_ray_data_bits(ray_local: Any) -> None:
+    """One code path, two executors: the same table to the last bit (Arrow's grouped sums in both)."""
+    raw = ingest.parse(ingest.Fetched("x.csv", synth.csv_bytes(synth.frame(days=12)), "x.csv"), 1).frame
+    on_ray = features.build_features(raw, target_zone=1, executor="ray")
+    on_pandas = features.build_features(raw, target_zone=1)  # auto: a small table
+    assert (on_ray.executor, on_pandas.executor) == ("ray", "pandas")
+    assert on_pandas.dataset is None
+    pd.testing.assert_frame_equal(on_pandas.frame, on_ray.frame, check_exact=True)
+    assert (on_pandas.hours, on_pandas.incomplete_hours) == (on_ray.hours, on_ray.incomplete_hours)
+
+
+@pytest.mark.parametrize("executor", ["ray", "pandas"])
+def test_feature_pipeline(ray_local: Any, executor: str) -> None:
     raw = ingest.parse(ingest.Fetched("x.csv", synth.csv_bytes(synth.frame(days=10)), "x.csv"), 1).frame
-    fset = features.build_features(raw, target_zone=1)
+    fset = features.build_features(raw, target_zone=1, executor=executor)
+    assert fset.executor == executor
     frame = fset.frame
     assert list(frame.columns) == [TIMESTAMP, TARGET, *features.feature_columns()]
     assert fset.hours == 240
@@ -129,4 +158,5 @@ def test_ray_data_pipeline(ray_local: Any) -> None:
     for k in LAGS:
         earlier = sums.loc[at.index - pd.Timedelta(hours=k)]
         np.testing.assert_allclose(at[f"target_lag{k}"], earlier, rtol=1e-12)
-    assert fset.dataset.count() == len(frame)
+    if executor == "ray":
+        assert fset.dataset.count() == len(frame)

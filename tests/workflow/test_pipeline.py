@@ -90,12 +90,42 @@ def good_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Ru
     return Run(proc, metrics_line(proc.stdout), buckets, dataset, output, moto_endpoint)
 
 
+def rerun(good_run: Run, run_id: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The good run's data and buckets again, as run ``run_id``, with ``extra`` options."""
+    return run_cli(
+        "--dataset",
+        str(good_run.dataset),
+        "--buckets",
+        json.dumps(good_run.buckets.to_dict()),
+        "--s3-endpoint-url",
+        good_run.endpoint,
+        "--run-id",
+        run_id,
+        *SMALL,
+        *extra,
+    )
+
+
 def test_progress_lines_and_metrics_object(good_run: Run, s3: Any) -> None:
     out = good_run.proc.stdout
     for stage in ("1/5 ingest", "2/5 features", "3/5 train", "4/5 evaluate", "5/5 artifacts"):
         assert f"[rayops] stage {stage}: done in" in out
-    assert "[rayops] train: the cluster has room for 2 worker(s)" in out  # local fallback, logged
     m = good_run.metrics
+    # a small table: pandas features on the driver and one training process, each choice logged and recorded
+    assert "[rayops] features: 5,040 raw rows <= 1,000,000: pandas on the driver" in out
+    assert "[rayops] train: one process with " in out
+    assert m["features_execution"]["executor"] == "pandas"
+    assert m["features_execution"]["requested"] == "auto"
+    assert m["features_execution"]["reason"] in out
+    assert {
+        k: m["training"][k] for k in ("mode", "requested_workers", "num_workers", "placement_strategy")
+    } == {
+        "mode": "local",
+        "requested_workers": "auto",
+        "num_workers": 0,
+        "placement_strategy": None,
+    }
+    assert m["training"]["reason"] in out
     b = good_run.buckets
     for key in ("run_id", "data_version", "target", "holdout", "seed_protocol", "promoted", "model_uri"):
         assert key in m
@@ -175,19 +205,7 @@ def test_artifacts_carry_lineage_and_reproduce_the_metrics(good_run: Run, s3: An
 def test_same_data_again_same_metrics_and_a_missed_threshold_keeps_current(good_run: Run, s3: Any) -> None:
     b = good_run.buckets
     before = s3.head_object(Bucket=b.models, Key="zone1/current.json")["VersionId"]
-    proc = run_cli(
-        "--dataset",
-        str(good_run.dataset),
-        "--buckets",
-        json.dumps(b.to_dict()),
-        "--s3-endpoint-url",
-        good_run.endpoint,
-        "--run-id",
-        "good-2",
-        "--min-r2",
-        "0.99999",
-        *SMALL,
-    )
+    proc = rerun(good_run, "good-2", "--min-r2", "0.99999")
     assert proc.returncode == 3, proc.stdout[-4000:] + proc.stderr[-4000:]
     m = metrics_line(proc.stdout)
     assert m["promoted"] is False
@@ -281,3 +299,31 @@ def test_bad_input_one_sentence_exit_2(
     assert expected in error_line(proc.stderr)
     assert "Traceback" not in proc.stderr
     assert METRICS_PREFIX not in proc.stdout
+
+
+def test_num_workers_and_executor_force_a_distributed_run(good_run: Run, s3: Any) -> None:
+    """--num-workers 2 --features-executor ray: Ray Data and a worker group on the same data; the
+    features are the same bits, the choice is logged and recorded, the model is as good."""
+    proc = rerun(good_run, "forced-2", "--num-workers", "2", "--features-executor", "ray")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    m = metrics_line(proc.stdout)
+    assert m["features_execution"]["executor"] == "ray"
+    assert "as asked (--features-executor ray)" in m["features_execution"]["reason"]
+    assert m["training"]["mode"] == "distributed"
+    assert (m["training"]["requested_workers"], m["training"]["num_workers"]) == (2, 2)
+    assert "(--num-workers 2)" in m["training"]["reason"]
+    assert m["training"]["reason"] in proc.stdout
+    assert m["splits"] == good_run.metrics["splits"]  # the same feature rows
+    ours, local = m["holdout"]["xgboost"]["rmse"], good_run.metrics["holdout"]["xgboost"]["rmse"]
+    assert ours < m["holdout"]["baseline"]["rmse"]
+    assert abs(ours - local) < 0.1 * local  # distributed subsampling differs: close, not equal
+
+
+def test_num_workers_rejects_what_is_not_a_count(good_run: Run) -> None:
+    common = ["--dataset", str(good_run.dataset), "--buckets", json.dumps(good_run.buckets.to_dict())]
+    proc = run_cli(*common, "--num-workers", "many", timeout=120)
+    assert proc.returncode == 2
+    assert "'many' is neither 'auto' nor a whole number" in proc.stderr
+    proc = run_cli(*common, "--num-workers", "-1", timeout=120)
+    assert proc.returncode == 2
+    assert error_line(proc.stderr) == "--num-workers is -1: pass a whole number from 0 to 1024"
