@@ -63,7 +63,7 @@ EXAMPLES = r"""
     submission_id: "rayops-train-{{ run_id }}"
     state: present
     entrypoint: /opt/rayops/venv/bin/python -m rayops.workflow run --dataset /data/x.csv
-    runtime_env: {py_modules: [/opt/rayops/app/rayops]}
+    runtime_env: {env_vars: {RAYOPS_EXAMPLE: "1"}}
   vars:
     ansible_python_interpreter: /opt/rayops/venv/bin/python
 """
