@@ -16,8 +16,9 @@ Three parts, each with its baseline in the same run:
    times, and the fixed overhead = wall - boosting.
 3. ``--real``: the real path on a local cloud of its own (``rtrain``, 10.213.150.0/24, S3 port 5750,
    state in /tmp/rtrain; never the user's cloud, always torn down): boot, ``site.yml``, then
-   ``train.yml`` on the seed CSV (a Ray Job on the head, data through S3); prints the seconds from
-   the submit task to the job's end as the playbook saw it, the job's stage times and the overhead.
+   ``train.yml`` on the seed CSV (a Ray Job on the head, data through S3), once with the auto choice
+   and once with a worker group of 3; prints the seconds from the submit task to the job's end as
+   the playbook saw it, the job's stage times and the overhead.
 
 Run: ``.venv/bin/python bench/bench_train.py [--dataset ../shared/data/powerconsumption.csv]
 [--cores N] [--rounds 100] [--rows 1000000] [--distributed] [--skip-job] [--real]``.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -298,8 +300,86 @@ def print_job(label: str, metrics: dict[str, Any], wall: float, wall_what: str) 
 # --------------------------------------------------------------------------------- 3. real path
 
 
-def bench_real(args: argparse.Namespace) -> tuple[float, float, dict[str, Any]]:
-    """Boot cloud rtrain, site.yml, train.yml; return (site s, submit->end s, the job's metrics)."""
+def train_playbook(playbook: list[str], dataset: str, run_id: str, params: dict[str, Any]) -> float:
+    """Run train.yml; return the seconds from its submit task to the job's end as the playbook saw it."""
+    from rayops.ansible_env import ansible_env
+
+    extra = json.dumps({"dataset": dataset, "train_run_id": run_id, "train_params": params})
+    proc = subprocess.Popen(
+        [*playbook, "train.yml", "-e", extra],
+        cwd=REPO,
+        env=ansible_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    submitted = ended = None
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        tail = [*tail[-200:], line]
+        if "TASK [Train | submit the Ray Job]" in line:
+            submitted = time.perf_counter()
+        elif submitted is not None and ended is None and "TASK [Train | create the run folder" in line:
+            ended = time.perf_counter()
+    if proc.wait() != 0 or submitted is None or ended is None:
+        sys.stdout.write("".join(tail))
+        raise SystemExit(f"bench: train.yml ({params}) failed (rc {proc.returncode})")
+    return ended - submitted
+
+
+_JOB_TIMES = (
+    "import json; from ray.job_submission import JobSubmissionClient as C; "
+    "i = C('http://127.0.0.1:8265').get_job_info('{sid}'); "
+    "print('TIMES=' + json.dumps([i.start_time, i.end_time]))"
+)
+
+
+def job_seconds(inventory: Path, run_id: str) -> float:
+    """Ray's own record of the job, read on the head: submission to the end, in seconds."""
+    from rayops.ansible_env import BIN, ansible_env
+
+    code = _JOB_TIMES.format(sid=f"rayops-train-{run_id}")
+    command = f'set -a; . /etc/rayops/ray-client.env; set +a; /opt/rayops/venv/bin/python -c "{code}"'
+    proc = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "ray_head",
+            "-i",
+            str(inventory),
+            "-b",
+            "-m",
+            "ansible.builtin.shell",
+            "-a",
+            command,
+        ],
+        cwd=REPO,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"TIMES=(\[[^\]]*\])", proc.stdout)
+    if proc.returncode != 0 or found is None:
+        sys.stdout.write(proc.stdout[-3000:] + proc.stderr[-2000:])
+        raise SystemExit("bench: cannot read the job's times on the head")
+    start_ms, end_ms = json.loads(found[1])
+    return float(end_ms - start_ms) / 1000
+
+
+#: train.yml variants of the real path: the auto choice, and a worker group of one per node
+#: (what train.yml passed before the auto choice existed).
+REAL_VARIANTS: dict[str, dict[str, Any]] = {
+    "auto": {"num_workers": "auto"},
+    "distributed": {"num_workers": 3},
+}
+
+
+RealRun = tuple[float, float, dict[str, Any]]  # playbook's submit-to-end s, Ray's submit-to-end s, metrics
+
+
+def bench_real(args: argparse.Namespace) -> tuple[float, dict[str, RealRun]]:
+    """Boot cloud rtrain, site.yml, train.yml per variant; return (site s, {variant: run})."""
     from rayops.ansible_env import BIN, ansible_env
     from rayops.localcloud.cloud import CloudSpec, LocalCloud
 
@@ -308,7 +388,8 @@ def bench_real(args: argparse.Namespace) -> tuple[float, float, dict[str, Any]]:
         CloudSpec(name="rtrain", workers=2, subnet="10.213.150.0/24", s3_port=5750, state_dir=str(state)),
         log=lambda _msg: None,
     )
-    run_id = f"bench-{time.strftime('%Y%m%dT%H%M%S')}"
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    runs: dict[str, RealRun] = {}
     try:
         say("real: booting 3 machines (cloud rtrain)")
         cloud.up()
@@ -324,31 +405,14 @@ def bench_real(args: argparse.Namespace) -> tuple[float, float, dict[str, Any]]:
         if site.returncode != 0:
             sys.stdout.write(site.stdout[-5000:] + site.stderr[-2000:])
             raise SystemExit(f"bench: site.yml failed (rc {site.returncode})")
-        say(f"real: site.yml took {site_s:.0f} s; train.yml")
-        proc = subprocess.Popen(
-            [*playbook, "train.yml", "-e", f"dataset={args.dataset}", "-e", f"train_run_id={run_id}"],
-            cwd=REPO,
-            env=ansible_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        submitted = ended = None
-        tail: list[str] = []
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            tail = [*tail[-200:], line]
-            if "TASK [Train | submit the Ray Job]" in line:
-                submitted = time.perf_counter()
-            elif submitted is not None and ended is None and "TASK [Train | create the run folder" in line:
-                ended = time.perf_counter()
-        if proc.wait() != 0 or submitted is None or ended is None:
-            sys.stdout.write("".join(tail))
-            raise SystemExit(f"bench: train.yml failed (rc {proc.returncode})")
-        metrics: dict[str, Any] = json.loads(
-            (REPO / ".rayops" / "runs" / run_id / "metrics.json").read_text()
-        )
-        return site_s, ended - submitted, metrics
+        say(f"real: site.yml took {site_s:.0f} s")
+        for variant, params in REAL_VARIANTS.items():
+            run_id = f"bench-{stamp}-{variant}"
+            say(f"real: train.yml, {variant} ({params})")
+            seconds = train_playbook(playbook, args.dataset, run_id, params)
+            record = REPO / ".rayops" / "runs" / run_id / "metrics.json"
+            runs[variant] = seconds, job_seconds(inventory, run_id), json.loads(record.read_text())
+        return site_s, runs
     finally:
         say("real: removing the machines")
         cloud.down(quiet=True)
@@ -367,16 +431,18 @@ def main() -> None:
     parser.add_argument("--tiny-rows", type=int, default=1_000)
     parser.add_argument("--report-every", type=int, default=100, help="rounds between progress lines")
     parser.add_argument("--distributed", action="store_true", help="also a forced worker group per table")
+    parser.add_argument("--skip-train", action="store_true", help="skip part 1 (the training call)")
     parser.add_argument("--skip-job", action="store_true", help="skip part 2 (the whole workflow)")
     parser.add_argument("--real", action="store_true", help="part 3: a Ray Job on a local cloud (root)")
     args = parser.parse_args()
     args.dataset = str(Path(args.dataset).resolve())
 
-    rows = bench_training(args)
+    rows = [] if args.skip_train else bench_training(args)
     job = None if args.skip_job else bench_job(args)
     real = bench_real(args) if args.real else None
 
-    print_training(rows, args)
+    if rows:
+        print_training(rows, args)
     if job is not None:
         print_job(
             "2. job in-process (python -m rayops.workflow run, local Ray, moto S3; seed CSV, defaults)",
@@ -385,13 +451,19 @@ def main() -> None:
             "process start to exit",
         )
     if real is not None:
-        site_s, job_s, metrics = real
-        print_job(
-            f"3. real path (cloud rtrain: site.yml {site_s:.0f} s, then train.yml; a Ray Job on the head)",
-            metrics,
-            job_s,
-            "train.yml's submit task to the job's end",
-        )
+        site_s, runs = real
+        for variant, (play_s, job_s, metrics) in runs.items():
+            print_job(
+                f"3. real path, {variant} (cloud rtrain: site.yml {site_s:.0f} s, then train.yml; "
+                "a Ray Job on the head, data through S3)",
+                metrics,
+                job_s,
+                "Ray's submit to SUCCEEDED",
+            )
+            print(f"  train.yml from its submit task until it saw the end: {play_s:.1f} s")
+            if job is not None:
+                ours, local = metrics["holdout"]["xgboost"]["rmse"], job["holdout"]["xgboost"]["rmse"]
+                print(f"  holdout RMSE vs the in-process job: {abs(ours - local) / local:.1e} relative")
 
 
 if __name__ == "__main__":

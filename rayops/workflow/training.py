@@ -172,12 +172,24 @@ def cluster_node_cpus() -> list[float]:
     return [float(n.get("Resources", {}).get("CPU", 0.0)) for n in nodes if n.get("Alive")]
 
 
+def host_key(proc_stat: str, meminfo: str, release: str) -> str:
+    """What nodes on one machine share: the kernel's boot time (``btime``), its release and the
+    memory size. Containers on one host (the local cloud's machines) share all three; nspawn gives
+    each its own boot_id, so that cannot tell. Two hosts of one type booted in the same second
+    would count as one: fewer workers, never more than the cores."""
+    btime = next((line.split()[1] for line in proc_stat.splitlines() if line.startswith("btime ")), "?")
+    total = next((line.split()[1] for line in meminfo.splitlines() if line.startswith("MemTotal:")), "?")
+    return f"{btime}/{release}/{total}"
+
+
 def _host_of_node() -> tuple[str, int]:
-    """(kernel boot id, physical cores) of the machine this runs on: nodes that share a kernel
-    (containers on one host, like the local cloud's machines) share its cores."""
-    boot_id = Path("/proc/sys/kernel/random/boot_id")
-    host = boot_id.read_text().strip() if boot_id.exists() else os.uname().nodename
-    return host, physical_cores()
+    """(host key, physical cores) of the machine this runs on (see ``host_key``)."""
+    try:
+        stat = Path("/proc/stat").read_text(encoding="utf-8")
+        meminfo = Path("/proc/meminfo").read_text(encoding="utf-8")
+    except OSError:
+        return os.uname().nodename, physical_cores()
+    return host_key(stat, meminfo, os.uname().release), physical_cores()
 
 
 def cluster_physical_cores() -> int:

@@ -97,6 +97,16 @@ HYPERTHREADED = "\n\n".join(
 )
 
 
+def test_host_key_is_shared_by_containers_of_one_kernel_only() -> None:
+    stat = "cpu  1 2 3\nbtime 1764581280\nprocesses 9\n"
+    mem = "MemTotal:       24576000 kB\nMemFree: 1 kB\n"
+    same = training.host_key(stat, mem, "6.1.0")
+    assert same == training.host_key(stat, mem, "6.1.0") == "1764581280/6.1.0/24576000"
+    assert training.host_key(stat.replace("1764581280", "1764581999"), mem, "6.1.0") != same  # booted apart
+    assert training.host_key(stat, mem.replace("24576000", "8000000"), "6.1.0") != same  # other size
+    assert training.host_key(stat, mem, "6.8.0") != same
+
+
 def test_physical_cores_count_cores_not_hyperthreads() -> None:
     logical = training.physical_cores("")  # nothing to read: the affinity mask
     assert logical >= 1
