@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -213,14 +214,21 @@ def _finish(frame: pd.DataFrame, raw: pd.DataFrame, dataset: Any, choice: Execut
 
 
 def build_features(
-    raw: pd.DataFrame, target_zone: int, blocks: int = 4, executor: str = "auto"
+    raw: pd.DataFrame,
+    target_zone: int,
+    blocks: int = 4,
+    executor: str = "auto",
+    before_cluster: Callable[[], None] | None = None,
 ) -> FeatureSet:
-    """Featurize ``raw`` with the executor ``choose_executor`` picks (logged)."""
+    """Featurize ``raw`` with the executor ``choose_executor`` picks (logged); ``before_cluster``
+    (e.g. connecting to Ray) is called only when Ray Data is used."""
     choice = choose_executor(len(raw), executor)
     log.info("features: %s", choice.reason)
     zones = [z for z in ZONES if z in raw.columns]
     raw = raw[["datetime", *WEATHER, *zones]]
     if choice.executor == "ray":
+        if before_cluster is not None:
+            before_cluster()
         frame, dataset = _ray_data_pipeline(raw, target_zone, zones, blocks)
         return _finish(frame, raw, dataset, choice)
     # The same steps in order, on the hour-aligned blocks Ray Data would get.

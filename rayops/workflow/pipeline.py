@@ -101,8 +101,9 @@ def run(
 ) -> dict[str, Any]:
     """Run every stage; see the module docstring.
 
-    ``connect`` (e.g. ``ray.init``) is called after the ingest stage, so bad input fails in seconds
-    without starting a local Ray.
+    ``connect`` (e.g. ``ray.init``) is called at most once, and only when a stage needs the cluster
+    (Ray Data features, a Ray Train worker group): bad input fails in seconds without starting a
+    local Ray, and a small table (pandas features, one training process) never waits for one.
     """
     store = store or S3Store(config.s3_endpoint_url)
     buckets = config.buckets
@@ -132,12 +133,19 @@ def run(
             table.frame["datetime"].max(),
         )
         ingested = ingest.upload_raw(store, buckets.raw, fetched, table)
-    if connect is not None:
-        connect()
+    connected = False
+
+    def on_cluster() -> None:
+        nonlocal connected
+        if not connected and connect is not None:
+            connect()
+        connected = True
 
     # 2. features: pandas on the driver (small tables) or Ray Data ------------------------------
     with _Stage(2, "features", timings):
-        fset = features.build_features(table.frame, config.target_zone, executor=config.features_executor)
+        fset = features.build_features(
+            table.frame, config.target_zone, executor=config.features_executor, before_cluster=on_cluster
+        )
         base = f"{prefix}/runs/{run_id}"
         parquet_path = f"{buckets.features}/{base}/data"
         fs = store.filesystem(buckets.features)
@@ -177,6 +185,7 @@ def run(
             "report_every": config.report_every,
             "storage_path": storage,
             "storage_filesystem": storage_fs,
+            "before_cluster": on_cluster,
         }
         trained = training.fit_xgboost(
             {"holdout": train_h, "seed_protocol": train_s}, names, name="xgboost", **common
@@ -186,6 +195,8 @@ def run(
         base_h = training.fit_baseline(train_h, names)
         base_s = training.fit_baseline(train_s, names)
         timings["ray_train_fit"] = round(trained.seconds, 3)
+        if not connected:
+            log.info("ray: nothing in this run needed the cluster (pandas features, one training process)")
         for job, seconds in trained.boosting_seconds.items():
             timings[f"boosting_{job}"] = round(seconds, 3)
 

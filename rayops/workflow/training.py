@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,10 +303,12 @@ def fit_xgboost(
     report_every: int,
     storage_path: str,
     storage_filesystem: Any = None,
+    before_cluster: Callable[[], None] | None = None,
 ) -> TrainOutcome:
     """Train one booster per entry of ``jobs`` (name -> training rows) in ONE Ray Train run with
     XGBoostTrainer: in local mode, or with one worker group started once (see the module docstring).
-    ``num_workers``: None (auto), 0 (one process) or N (a worker group of N)."""
+    ``num_workers``: None (auto), 0 (one process) or N (a worker group of N). ``before_cluster``
+    (e.g. connecting to Ray) is called only for a worker group: local mode needs no cluster."""
     import ray.data
     import ray.train
     from ray.data import ExecutionOptions
@@ -314,6 +317,8 @@ def fit_xgboost(
     rows = max((len(frame) for frame in jobs.values()), default=0)
     plan = choose_execution(num_workers, rows, len(features), cpus_per_worker, physical_cores())
     if plan is None:
+        if before_cluster is not None:
+            before_cluster()
         plan = plan_workers(num_workers, cpus_per_worker, cluster_node_cpus(), cluster_physical_cores())
     log.info("train: %s", plan.reason)
     columns = [*features, TARGET]

@@ -126,6 +126,9 @@ def test_progress_lines_and_metrics_object(good_run: Run, s3: Any) -> None:
         "placement_strategy": None,
     }
     assert m["training"]["reason"] in out
+    # ... so the run never needed the cluster: no local Ray was started for it
+    assert "[rayops] ray: nothing in this run needed the cluster" in out
+    assert "starting a local Ray" not in out
     b = good_run.buckets
     for key in ("run_id", "data_version", "target", "holdout", "seed_protocol", "promoted", "model_uri"):
         assert key in m
@@ -313,6 +316,7 @@ def test_num_workers_and_executor_force_a_distributed_run(good_run: Run, s3: Any
     assert (m["training"]["requested_workers"], m["training"]["num_workers"]) == (2, 2)
     assert "(--num-workers 2)" in m["training"]["reason"]
     assert m["training"]["reason"] in proc.stdout
+    assert proc.stdout.count("[rayops] ray: no RAY_ADDRESS, starting a local Ray for this run") == 1
     assert m["splits"] == good_run.metrics["splits"]  # the same feature rows
     ours, local = m["holdout"]["xgboost"]["rmse"], good_run.metrics["holdout"]["xgboost"]["rmse"]
     assert ours < m["holdout"]["baseline"]["rmse"]
