@@ -1,12 +1,15 @@
-"""Stage 3, train: XGBoost through Ray Train V2, in one process or distributed, and the linear baseline.
+"""Stage 3, train: XGBoost in one process or on a Ray Train V2 worker group, and the linear baseline.
 
-Execution (``choose_execution``): a training table small enough for one process is trained in Ray
-Train's local mode (``ScalingConfig(num_workers=0)``: the same per-worker function, run in the
-driver with every physical core of its machine, no worker group, no data sharding); a larger one
-by a worker group of at most one worker per physical core, one per node (``STRICT_SPREAD``) where
-the nodes allow it. Distributed XGBoost pays a worker-group start (seconds) and an allreduce of
+Execution (``choose_execution``): a training table small enough for one process is boosted by
+``xgboost.train`` in the driver with every physical core of its machine (no worker group, no data
+sharding, no cluster); a larger one by Ray Train's ``XGBoostTrainer`` on a worker group of at most
+one worker per physical core, one per node (``STRICT_SPREAD``) where the nodes allow it. Both run
+``boost_jobs``. Distributed XGBoost pays a worker-group start (seconds) and an allreduce of
 histograms per tree level, which a table that one machine boosts in seconds never wins back.
-``--num-workers 0`` forces one process, ``--num-workers N`` a worker group of N (capped by the cluster).
+``--num-workers 0`` forces one process, ``--num-workers N`` a worker group of N (capped by the
+cluster). Ray Train's own local mode (``num_workers=0``) was measured too: the same boosting, plus
+its import (1.4 s here, about 3 s on a loaded head) and nothing it adds in one process (its
+checkpoint is only a reference to a local folder).
 
 Determinism: fixed booster seed, ``hist`` trees, a fixed thread count, and (distributed) the same
 rows on the same worker every run (Ray Data's split with ``preserve_order`` and no locality hints,
@@ -61,8 +64,8 @@ _HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 class WorkerPlan:
     """How training runs (one process, or how many Ray Train workers placed how), and why."""
 
-    num_workers: int  # 0: Ray Train's local mode (one process, the driver)
-    placement_strategy: str | None  # None in local mode
+    num_workers: int  # 0: one process (xgboost.train in the driver)
+    placement_strategy: str | None  # None for one process
     reason: str
     nthread: int = 1  # XGBoost threads per process
 
@@ -108,7 +111,7 @@ def choose_execution(
         return WorkerPlan(
             0,
             None,
-            f"one process with {local_cores} thread(s) (Ray Train local mode): the table has "
+            f"one process with {local_cores} thread(s) (xgboost.train in the driver): the table has "
             f"{rows:,} rows x {features} features = {values:,} values <= {LOCAL_MAX_VALUES:,}, where a "
             "worker group's start and per-level allreduce cost more than they save "
             "(--num-workers N forces N workers)",
@@ -215,15 +218,13 @@ class _ProgressEveryN(xgboost.callback.TrainingCallback):
     """Prints the last round's eval metrics every ``every`` rounds, on rank 0 only. It does not
     report to Ray Train: each report waits for the controller; the one report is at the end."""
 
-    def __init__(self, job: str, every: int, total: int) -> None:
+    def __init__(self, job: str, every: int, total: int, rank0: bool) -> None:
         super().__init__()
-        self._job, self._every, self._total = job, every, total
+        self._job, self._every, self._total, self._rank0 = job, every, total, rank0
 
     def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-        import ray.train
-
         done = epoch + 1
-        if done % self._every == 0 and done < self._total and ray.train.get_context().get_world_rank() == 0:
+        if self._rank0 and done % self._every == 0 and done < self._total:
             shown = " ".join(
                 f"{self._job}/{data}-{metric}={float(values[-1]):.1f}"
                 for data, metrics in sorted(evals_log.items())
@@ -235,25 +236,18 @@ class _ProgressEveryN(xgboost.callback.TrainingCallback):
         return False
 
 
-def train_fn_per_worker(config: dict[str, Any]) -> None:
-    """Runs on each Ray Train worker (or, in local mode, in the driver): for each job, its rows ->
-    DMatrix -> ``xgboost.train`` (distributed across the group, or one process); then one final
-    report whose checkpoint (rank 0) holds every job's model and whose metrics carry the seconds
-    spent inside ``xgboost.train`` per job. In local mode the rows come from ``config["frames"]``
-    and the checkpoint folder is the driver's ``config["model_dir"]`` (local mode keeps only a
-    reference to the folder, so a temporary one would be gone when ``fit()`` returns)."""
-    import ray.train
-
+def boost_jobs(
+    config: dict[str, Any], rows_of: Callable[[str], pd.DataFrame], rank0: bool
+) -> tuple[dict[str, xgboost.Booster], dict[str, float]]:
+    """For each job: its rows -> DMatrix -> ``xgboost.train`` (across the worker group when called
+    on Ray Train workers, else in this process). Returns the boosters and the seconds spent inside
+    ``xgboost.train`` per job. The one code path of both execution modes."""
     features: list[str] = config["features"]
     total: int = config["num_boost_round"]
-    frames: dict[str, pd.DataFrame] | None = config.get("frames")
     boosters = {}
     boosting: dict[str, float] = {}
     for job in config["jobs"]:
-        if frames is not None:
-            shard = frames[job]
-        else:
-            shard = ray.train.get_dataset_shard(f"train_{job}").materialize().to_pandas()
+        shard = rows_of(job)
         dtrain = xgboost.DMatrix(
             shard[features], label=shard[TARGET], feature_names=features, nthread=config["params"]["nthread"]
         )
@@ -264,17 +258,28 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             num_boost_round=total,
             evals=[(dtrain, "train")],
             verbose_eval=False,
-            callbacks=[_ProgressEveryN(job, config["report_every"], total)],
+            callbacks=[_ProgressEveryN(job, config["report_every"], total, rank0)],
         )
         boosting[job] = time.perf_counter() - started
-    final = {"round": total, **{f"boosting_s/{job}": s for job, s in boosting.items()}}
+    return boosters, boosting
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    """Runs on each Ray Train worker: ``boost_jobs`` on the worker's shards, then one final report
+    whose checkpoint (rank 0) holds every job's model and whose metrics carry the boosting seconds."""
+    import ray.train
+
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    boosters, boosting = boost_jobs(
+        config, lambda job: ray.train.get_dataset_shard(f"train_{job}").materialize().to_pandas(), rank0
+    )
+    final = {"round": config["num_boost_round"], **{f"boosting_s/{job}": s for job, s in boosting.items()}}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
-        if ray.train.get_context().get_world_rank() == 0:
-            folder = config.get("model_dir") or tmp
+        if rank0:
             for job, booster in boosters.items():
-                booster.save_model(str(Path(folder, f"{job}.ubj")))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
+                booster.save_model(str(Path(tmp, f"{job}.ubj")))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(final, checkpoint=checkpoint)
 
 
@@ -306,14 +311,9 @@ def fit_xgboost(
     before_cluster: Callable[[], None] | None = None,
 ) -> TrainOutcome:
     """Train one booster per entry of ``jobs`` (name -> training rows) in ONE Ray Train run with
-    XGBoostTrainer: in local mode, or with one worker group started once (see the module docstring).
+    XGBoostTrainer and one worker group started once, or in this process (see the module docstring).
     ``num_workers``: None (auto), 0 (one process) or N (a worker group of N). ``before_cluster``
-    (e.g. connecting to Ray) is called only for a worker group: local mode needs no cluster."""
-    import ray.data
-    import ray.train
-    from ray.data import ExecutionOptions
-    from ray.train.xgboost import XGBoostTrainer
-
+    (e.g. connecting to Ray) is called only for a worker group: one process needs no cluster."""
     rows = max((len(frame) for frame in jobs.values()), default=0)
     plan = choose_execution(num_workers, rows, len(features), cpus_per_worker, physical_cores())
     if plan is None:
@@ -329,25 +329,36 @@ def fit_xgboost(
         "num_boost_round": params.num_boost_round,
         "report_every": report_every,
     }
-    datasets: dict[str, Any] | None = None
-    model_dir = tempfile.TemporaryDirectory(prefix="rayops-models-")
+    started = time.perf_counter()
     if plan.num_workers == 0:
-        loop_config["frames"] = {job: frame[columns] for job, frame in jobs.items()}
-        loop_config["model_dir"] = model_dir.name
-    else:
-        datasets = {
-            f"train_{job}": ray.data.from_pandas(_blocks(frame[columns], 2 * plan.num_workers))
-            for job, frame in jobs.items()
-        }
-        # The controller reads it from the driver's environment (Ray Train propagates it).
-        os.environ.setdefault(_HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)
+        try:
+            boosters, boosting = boost_jobs(loop_config, lambda job: jobs[job][columns], rank0=True)
+        except xgboost.core.XGBoostError as err:
+            text = str(err).strip()
+            raise WorkflowError(
+                f"XGBoost training ({name}) failed ({text.splitlines()[0] if text else 'no message'}): "
+                "see the job log"
+            ) from err
+        return TrainOutcome(boosters, time.perf_counter() - started, boosting, plan)
+
+    import ray.data
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.xgboost import XGBoostTrainer
+
+    datasets: dict[str, Any] = {
+        f"train_{job}": ray.data.from_pandas(_blocks(frame[columns], 2 * plan.num_workers))
+        for job, frame in jobs.items()
+    }
+    # The controller reads it from the driver's environment (Ray Train propagates it).
+    os.environ.setdefault(_HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)
     trainer = XGBoostTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.num_workers,
             resources_per_worker={"CPU": cpus_per_worker},
-            placement_strategy=plan.placement_strategy or "PACK",
+            placement_strategy=plan.placement_strategy or "SPREAD",
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -361,25 +372,24 @@ def fit_xgboost(
         ),
     )
     started = time.perf_counter()
-    with model_dir:
-        try:
-            result = trainer.fit()
-        except Exception as err:  # TrainingFailedError wraps the worker's own exception
-            cause = err.__cause__ or err
-            text = str(cause).strip()
-            raise WorkflowError(
-                f"XGBoost training ({name}) failed on the Ray cluster ({type(cause).__name__}: "
-                f"{text.splitlines()[0] if text else 'no message'}): see the Ray job logs"
-            ) from err
-        seconds = time.perf_counter() - started
-        if result.checkpoint is None:
-            raise WorkflowError(f"XGBoost training ({name}) ended without a checkpoint: see the Ray job logs")
-        boosters = {}
-        with result.checkpoint.as_directory() as directory:
-            for job in jobs:
-                booster = xgboost.Booster()
-                booster.load_model(str(Path(directory, f"{job}.ubj")))
-                boosters[job] = booster
+    try:
+        result = trainer.fit()
+    except Exception as err:  # TrainingFailedError wraps the worker's own exception
+        cause = err.__cause__ or err
+        text = str(cause).strip()
+        raise WorkflowError(
+            f"XGBoost training ({name}) failed on the Ray cluster ({type(cause).__name__}: "
+            f"{text.splitlines()[0] if text else 'no message'}): see the Ray job logs"
+        ) from err
+    seconds = time.perf_counter() - started
+    if result.checkpoint is None:
+        raise WorkflowError(f"XGBoost training ({name}) ended without a checkpoint: see the Ray job logs")
+    boosters = {}
+    with result.checkpoint.as_directory() as directory:
+        for job in jobs:
+            booster = xgboost.Booster()
+            booster.load_model(str(Path(directory, f"{job}.ubj")))
+            boosters[job] = booster
     final = result.metrics or {}
     boosting = {job: float(final[f"boosting_s/{job}"]) for job in jobs if f"boosting_s/{job}" in final}
     return TrainOutcome(boosters=boosters, seconds=seconds, boosting_seconds=boosting, plan=plan)

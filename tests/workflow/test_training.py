@@ -1,5 +1,5 @@
 """Stage 3: one process or a worker group (the choice and its reason), worker placement, Ray Train
-XGBoost (two jobs in one run, in local mode and distributed), the linear baseline."""
+XGBoost (two jobs in one run, in one process and distributed), the linear baseline."""
 
 from __future__ import annotations
 
@@ -155,7 +155,8 @@ def test_ray_train_distributed_fits_each_job_on_its_own_rows(ray_local: Any, tmp
     _check_jobs(outcome, ["a", "b", "c"])
 
 
-def test_ray_train_local_mode_fits_each_job_and_is_the_auto_choice(ray_local: Any, tmp_path: Path) -> None:
+def test_one_process_fits_each_job_and_is_the_auto_choice(tmp_path: Path) -> None:
+    """No Ray needed (no fixture): one process boosts in the driver."""
     auto = _fit(tmp_path / "auto", num_workers=None)
     assert (auto.plan.mode, auto.plan.num_workers, auto.plan.nthread) == (
         "local",
