@@ -34,6 +34,7 @@ DEFAULT_SUBNET = "10.213.7.0/24"
 DEFAULT_S3_PORT = 5599
 DEFAULT_STATE_DIR = Path(".rayops/local")
 RUNTIME_ROOT = Path("/var/lib/rayops")
+NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
 BOOT_TIMEOUT_S = 90.0
 FIRST_NODE_OFFSET = 10  # head at .10, workers at .11, .12, ...
@@ -406,6 +407,10 @@ class LocalCloud:
     def _launch(self, m: Machine) -> int:
         for cg in m.cgroups():
             cg.mkdir(parents=True, exist_ok=True)
+        # nspawn keeps a folder per machine name under /run and can only remove it from a tmpfs; this host's
+        # /run is on disk, so the folders outlived their machines (nspawn logs "Attempted to remove disk file
+        # system ... and we can't allow that"; that was the last line of a failed boot in bench_site).
+        self._remove_propagate_dir(m.name)
         procs = " && ".join(f"echo $$ > {cg}/cgroup.procs" for cg in m.cgroups())
         nspawn = (
             f"exec systemd-nspawn --boot --directory={m.dir(self.spec) / 'rootfs'} --machine={m.name} "
@@ -652,6 +657,14 @@ class LocalCloud:
         if base.exists():
             self._umount(base / "rootfs")
             shutil.rmtree(base, ignore_errors=True)
+        self._remove_propagate_dir(m.name)
+
+    @staticmethod
+    def _remove_propagate_dir(name: str) -> None:
+        """nspawn's per-machine folder (see _launch); left alone while something is mounted on it."""
+        propagate = NSPAWN_PROPAGATE / name
+        if propagate.is_dir() and not os.path.ismount(propagate):
+            shutil.rmtree(propagate, ignore_errors=True)
 
     @staticmethod
     def _umount(path: Path) -> None:

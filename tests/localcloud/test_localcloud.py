@@ -14,7 +14,7 @@ import pytest
 
 from rayops import contract
 from rayops.localcloud import image, system
-from rayops.localcloud.cloud import CloudSpec, LocalCloud
+from rayops.localcloud.cloud import NSPAWN_PROPAGATE, CloudSpec, LocalCloud
 from rayops.localcloud.errors import LocalCloudError
 
 pytestmark = pytest.mark.localcloud
@@ -57,6 +57,7 @@ def leftovers(spec: CloudSpec) -> list[str]:
             found.append(f"cgroup {root}/{spec.name}")
     if spec.runtime_dir.exists():
         found.append(f"folder {spec.runtime_dir}")
+    found += [f"nspawn folder {p}" for p in sorted(NSPAWN_PROPAGATE.glob(f"{spec.name}-*"))]
     if spec.state_path.exists():
         found.append(f"state dir {spec.state_path}")
     return found
@@ -198,6 +199,20 @@ def test_down_leaves_nothing_even_after_a_crash(tmp_path: Path) -> None:
             LocalCloud(spec).up()
     finally:
         LocalCloud(spec).down()
+    assert leftovers(spec) == []
+
+
+def test_nspawn_folders_of_earlier_machines_are_removed(tmp_path: Path) -> None:
+    """nspawn removes /run/systemd/nspawn/propagate/<machine> only from a tmpfs (this host's /run: disk)."""
+    spec = spec_for(tmp_path, "rprop", "10.213.58.0/24", 5658, workers=0)
+    stale = NSPAWN_PROPAGATE / "rprop-head"
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / "left-over").write_text("from an earlier machine\n")
+    try:
+        LocalCloud(spec).up()
+        assert LocalCloud(spec).status()["machines"][0]["state"] == "running"
+    finally:
+        LocalCloud(spec).down(quiet=True)
     assert leftovers(spec) == []
 
 
