@@ -1,9 +1,10 @@
 """Benchmark: cluster bring-up (fresh machines + site.yml), the idempotent re-run, and the install step of the
 controller wheelhouse against per-node index installs, each against a floor measured in the same run.
 
-Runs on machines of its own (cloud ``rbench``, 10.213.191.0/24, never the user's), every variant
+Runs on machines of its own (clouds ``rbench*``, 10.213.191.0/24, never the user's), every variant
 ``--repeat`` times (default 3) on fresh machines, each cluster with a fact cache of its own (nothing
-from an earlier cluster):
+from an earlier cluster) and a cloud name of its own (a machine booted right after the removal of one of
+the same name failed to boot twice here):
 
 1. ``cold``: boot 3 fresh machines and run site.yml, the controller's wheel cache warm (it is filled once
    first, untimed: that download is the same for every later cluster). Floor: installing the same locked
@@ -94,13 +95,13 @@ def playbook(inventory: Path, facts: Path, playbook_args: list[str]) -> Run:
 class Cluster:
     """Fresh machines of the bench's own cloud, with a fact cache of their own; always torn down."""
 
-    def __init__(self, root: Path, label: str) -> None:
+    def __init__(self, root: Path, label: str, name: str) -> None:
         self.state = root / label
         self.state.mkdir(parents=True)
         self.facts = self.state / "facts"
         self.cloud = LocalCloud(
             CloudSpec(
-                name="rbench", workers=2, subnet="10.213.191.0/24", s3_port=5795, state_dir=str(self.state)
+                name=name, workers=2, subnet="10.213.191.0/24", s3_port=5795, state_dir=str(self.state)
             ),
             log=lambda _msg: None,
         )
@@ -174,7 +175,7 @@ def main() -> None:
         cache = tmp / "wheelhouse"
         wheel_args = ("-e", f"ray_node_wheelhouse_dir={cache}")
         say("filling the controller's wheel cache (untimed, once)")
-        with Cluster(tmp, "prime") as prime:
+        with Cluster(tmp, "prime", "rbench0") as prime:
             primed = prime.boot_and_site(*wheel_args)
         say(f"  {primed.seconds:.1f} s (boot + site.yml, empty wheel cache)")
         wheelhouses = [p for p in cache.iterdir() if p.is_dir() and (p / ".complete").is_file()]
@@ -185,7 +186,7 @@ def main() -> None:
         again: list[Run] = []
         ping: list[Run] = []
         for i in range(args.repeat):
-            with Cluster(tmp, f"wheelhouse-{i}") as cluster:
+            with Cluster(tmp, f"wheelhouse-{i}", f"rbench{1 + i}") as cluster:
                 say(f"cold {i + 1}/{args.repeat}: boot + site.yml")
                 cold.append(cluster.boot_and_site(*wheel_args))
                 say(f"  {cold[-1].seconds:.1f} s (changed={cold[-1].changed})")
@@ -199,7 +200,7 @@ def main() -> None:
         index: list[Run] = []
         if not args.skip_index:
             for i in range(args.repeat):
-                with Cluster(tmp, f"index-{i}") as cluster:
+                with Cluster(tmp, f"index-{i}", f"rbenchx{i}") as cluster:
                     say(f"index {i + 1}/{args.repeat}: boot + site.yml, every node from its index")
                     index.append(cluster.boot_and_site("-e", "ray_node_install_method=index"))
                     say(f"  {index[-1].seconds:.1f} s")
