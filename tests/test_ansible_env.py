@@ -21,5 +21,5 @@ def test_points_at_the_repository_config_and_the_venv_tools() -> None:
 
 
 def test_overrides_win() -> None:
-    env = ansible_env(ANSIBLE_FACT_CACHING="memory", ANSIBLE_FORCE_COLOR="1")
-    assert env["ANSIBLE_FACT_CACHING"] == "memory" and env["ANSIBLE_FORCE_COLOR"] == "1"
+    env = ansible_env(ANSIBLE_CACHE_PLUGIN="memory", ANSIBLE_FORCE_COLOR="1")
+    assert env["ANSIBLE_CACHE_PLUGIN"] == "memory" and env["ANSIBLE_FORCE_COLOR"] == "1"

@@ -95,15 +95,23 @@ def _preflight(tmp_path: Path, *extra: str, host_vars: dict[str, dict[str, Any]]
     }
     inv = tmp_path / "inventory.yml"
     inv.write_text(yaml.safe_dump(inventory), encoding="utf-8")
+    facts = REPO / ".rayops" / "facts"
+    for name in hosts:  # the jsonfile cache names a host's file <prefix><host>, e.g. s1_pf-head
+        for stale in facts.glob(f"*{name}"):
+            stale.unlink()
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(inv), "site.yml", "--tags", "preflight", *extra],
         cwd=REPO,
-        env=ansible_env(ANSIBLE_FACT_CACHING="memory"),
+        env=ansible_env(ANSIBLE_CACHE_PLUGIN="memory"),
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+    # Facts of these fake nodes stay in memory: none reach ansible.cfg's jsonfile cache, where a later
+    # run against hosts of the same name would read them.
+    leaked = sorted(p.name for name in hosts for p in facts.glob(f"*{name}"))
+    assert leaked == [], f"facts leaked into .rayops/facts: {leaked}"
     return f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
 

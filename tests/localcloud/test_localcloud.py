@@ -93,8 +93,17 @@ def test_nodes_resolve_each_other_by_name_quickly(local_cloud: LocalCloud) -> No
     assert proc.returncode == 0, proc.stderr
     ips_and_fqdn = proc.stdout.split()[:4]
     assert ips_and_fqdn == ["10.213.50.10", "10.213.50.11", "10.213.50.12", "rtest-worker-1"]
-    # getfqdn() hanging on DNS is what makes Ansible fact gathering crawl; it must answer from /etc/hosts.
-    assert float(proc.stdout.split()[4]) < 2.0
+    # getfqdn() hanging on DNS is what makes Ansible fact gathering crawl: every name must come from
+    # /etc/hosts alone (the mechanism; the lookup time is printed, not asserted).
+    print(f"name lookups and getfqdn() took {proc.stdout.split()[4]} s")
+    files = ssh(
+        local_cloud, "rtest-worker-1", "getent", "-s", "files", "hosts", "rtest-head", "rtest-worker-1"
+    )
+    assert files.returncode == 0, files.stderr
+    assert [line.split()[:2] for line in files.stdout.splitlines()] == [
+        ["10.213.50.10", "rtest-head"],
+        ["10.213.50.11", "rtest-worker-1"],
+    ]
 
 
 def test_machines_have_nat_route_and_trust_the_host_ca_bundle(local_cloud: LocalCloud) -> None:

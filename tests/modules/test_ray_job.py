@@ -42,10 +42,13 @@ def test_env_file_sets_variables_and_returns_only_keys(
 ) -> None:
     env = tmp_path / "ray-client.env"
     env.write_text('# comment\nRAY_AUTH_MODE=token\nRAYOPS_TEST_TOKEN_PATH="/etc/rayops/ray_auth_token"\n\n')
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    # load_env_file writes os.environ: set then delete through monkeypatch, so that the teardown
+    # removes what the call sets (RAY_AUTH_MODE=token must not reach the tests that run after this one).
+    for key in ("RAY_AUTH_MODE", "RAYOPS_TEST_TOKEN_PATH"):
+        monkeypatch.setenv(key, "unset-by-teardown")
+        monkeypatch.delenv(key)
     keys = ray_job.load_env_file(str(env))
     assert keys == ["RAY_AUTH_MODE", "RAYOPS_TEST_TOKEN_PATH"]
     assert os.environ["RAY_AUTH_MODE"] == "token"
     assert os.environ["RAYOPS_TEST_TOKEN_PATH"] == "/etc/rayops/ray_auth_token"
-    monkeypatch.delenv("RAYOPS_TEST_TOKEN_PATH")
     assert ray_job.load_env_file(str(tmp_path / "missing.env")) == []
