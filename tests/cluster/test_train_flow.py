@@ -6,6 +6,7 @@ Real machines, real Ray (3 nodes), real S3 API, the real dataset from ../shared/
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,3 +173,15 @@ def test_deployed_notebook_runs_on_the_head_with_the_cluster_kernel(
     assert "Missing packages" not in text, text[-2000:]
     plots = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(plots) >= 2
+
+
+def test_ray_job_submit_runs_python_from_the_venv(ray_cluster: RayCluster) -> None:
+    """`ray job submit -- python ...`, as in Ray's guides, finds the venv's Python as `python` (~10 s)."""
+    code = "import sys; print('RAYOPS_PY=' + sys.executable)"
+    as_ray = (
+        "set -a; . /etc/rayops/ray-client.env; set +a; timeout 150 /opt/rayops/venv/bin/ray job submit "
+        f"--address http://127.0.0.1:8265 -- python -c {shlex.quote(code)}"
+    )
+    out = ray_cluster.ssh(ray_cluster.head, f"sudo -u ray bash -c {shlex.quote(as_ray)}", timeout=180)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "RAYOPS_PY=/opt/rayops/venv/bin/python" in out.stdout, out.stdout[-2000:]
