@@ -5,20 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from rayops.localcloud.cloud import (
+from rayops.localcloud.cloud import LocalCloud
+from rayops.localcloud.discovery import local_clouds
+from rayops.localcloud.errors import LocalCloudError
+from rayops.localcloud.state import (
     DEFAULT_NAME,
     DEFAULT_S3_PORT,
     DEFAULT_STATE_DIR,
     DEFAULT_SUBNET,
     CloudSpec,
     CloudState,
-    LocalCloud,
-    local_clouds,
 )
-from rayops.localcloud.errors import LocalCloudError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,16 +82,18 @@ def _cloud(args: argparse.Namespace) -> LocalCloud:
 
 
 def _existing_cloud(
-    name: str | None, state_dir: Path, found: dict[str, CloudSpec] | None = None
+    name: str | None, state_dir: Path, found: dict[str, str | None] | None = None
 ) -> LocalCloud:
     """The cloud in the state dir when it is the one named; else the one `local_clouds` finds by name."""
     state = CloudState.load(state_dir)
     if state is not None and name in (None, state.spec.name):
         return LocalCloud(state.spec)
     name = name or DEFAULT_NAME
-    # No state file for it here: take its subnet from its bridge, if it still has one.
-    spec = (local_clouds() if found is None else found).get(name, CloudSpec(name=name))
-    return LocalCloud(replace(spec, state_dir=str(state_dir)))
+    # No state file for it here: its subnet is the one its bridge carries, if it still has one. Without
+    # a bridge the spec's subnet is a placeholder that `down` never acts on (it acts on names and on
+    # what the host proves).
+    subnet = (local_clouds() if found is None else found).get(name) or DEFAULT_SUBNET
+    return LocalCloud(CloudSpec(name=name, subnet=subnet, state_dir=str(state_dir)))
 
 
 def _down_all(state_dir: Path) -> None:
@@ -122,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "list":
-            for name, spec in local_clouds().items():
-                print(f"{name:<14} {spec.subnet}")
+            for name, subnet in local_clouds().items():
+                print(f"{name:<14} {subnet or '- (bridge gone)'}")
             return 0
         if args.command == "down" and args.all:
             if args.name is not None:

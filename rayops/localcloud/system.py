@@ -81,6 +81,16 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
+def environ(pid: int) -> dict[str, str]:
+    """The environment a process was started with, or {} when it is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            entries = [e.decode(errors="replace") for e in fh.read().split(b"\0") if b"=" in e]
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return {}
+    return dict(e.split("=", 1) for e in entries)
+
+
 def find_pids(predicate: Callable[[list[str]], bool]) -> list[int]:
     """Pids whose argv satisfies predicate(argv)."""
     pids = []

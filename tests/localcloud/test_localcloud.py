@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from localcloud_helpers import CLI, leftovers, spec_for
 
 from rayops import contract
-from rayops.localcloud import image, system
-from rayops.localcloud.cloud import NSPAWN_PROPAGATE, CloudSpec, LocalCloud
+from rayops.localcloud import image, s3server, system
+from rayops.localcloud.cloud import NSPAWN_PROPAGATE, LocalCloud
 from rayops.localcloud.errors import LocalCloudError
 
 pytestmark = pytest.mark.localcloud
-CLI = [sys.executable, "-m", "rayops.localcloud"]
 
 
 def ssh(cloud: LocalCloud, machine: str, *cmd: str) -> subprocess.CompletedProcess[str]:
@@ -31,38 +29,6 @@ def ssh(cloud: LocalCloud, machine: str, *cmd: str) -> subprocess.CompletedProce
     )
 
 
-def leftovers(spec: CloudSpec) -> list[str]:
-    """Everything of a cloud that could outlive `down`: processes, mounts, links, rules, folders."""
-    found = []
-    if Path(f"/sys/class/net/{spec.bridge}").exists():
-        found.append(f"bridge {spec.bridge}")
-    mounts = Path("/proc/self/mounts").read_text()
-    if f"/clouds/{spec.name}/" in mounts:
-        found.append("overlay mount")
-    for table in ("nat", "filter"):
-        rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
-        if spec.nat_comment in rules:
-            found.append(f"iptables {table} rule")
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        text = b" ".join(argv).decode(errors="replace")
-        if stat != "Z" and (f"--machine={spec.name}-" in text or f"-p {spec.s3_port}" in text):
-            found.append(f"process {pid}: {text[:80]}")
-    for root in ("/sys/fs/cgroup/systemd/rayops", "/sys/fs/cgroup/unified/rayops"):
-        if Path(root, spec.name).exists():
-            found.append(f"cgroup {root}/{spec.name}")
-    if spec.runtime_dir.exists():
-        found.append(f"folder {spec.runtime_dir}")
-    found += [f"nspawn folder {p}" for p in sorted(NSPAWN_PROPAGATE.glob(f"{spec.name}-*"))]
-    if spec.state_path.exists():
-        found.append(f"state dir {spec.state_path}")
-    return found
-
-
 # ------------------------------------------------------------------------------------- a running cloud
 def test_contract_file_validates_and_describes_the_machines(local_cloud: LocalCloud) -> None:
     outputs = json.loads(local_cloud.outputs_path.read_text())
@@ -72,6 +38,14 @@ def test_contract_file_validates_and_describes_the_machines(local_cloud: LocalCl
     assert outputs["s3_endpoint_url"] == "http://10.213.50.1:5650"
     assert set(outputs["buckets"]) == set(contract.BUCKET_KINDS)
     assert Path(outputs["ssh_private_key_file"]).stat().st_mode & 0o077 == 0, "private key must be 0600"
+    assert outputs["s3_env"] == s3server.node_env(local_cloud.spec)
+
+
+def test_the_s3_server_carries_its_clouds_name(local_cloud: LocalCloud) -> None:
+    """What lets `down` find it without the state file and never take another cloud's."""
+    state = json.loads((local_cloud.spec.state_path / "state.json").read_text())
+    assert s3server.server_pids("rtest", None) == [state["s3_pid"]]
+    assert s3server.server_pids("rtes", None) == []
 
 
 @pytest.mark.parametrize("machine", ["rtest-head", "rtest-worker-1", "rtest-worker-2"])
@@ -180,11 +154,7 @@ def test_stop_and_start_a_machine_keeps_its_disk(local_cloud: LocalCloud) -> Non
     assert proc.stdout.split() == ["running", "/var/tmp/kept"]
 
 
-# ------------------------------------------------------------------------- lifecycle and bad input
-def spec_for(tmp_path: Path, name: str, subnet: str, port: int, workers: int = 1) -> CloudSpec:
-    return CloudSpec(name=name, workers=workers, subnet=subnet, s3_port=port, state_dir=str(tmp_path / "st"))
-
-
+# ------------------------------------------------------------------- lifecycle: up, crash, down
 def test_down_leaves_nothing_even_after_a_crash(tmp_path: Path) -> None:
     spec = spec_for(tmp_path, "rcrash", "10.213.51.0/24", 5651)
     cloud = LocalCloud(spec)
@@ -234,7 +204,7 @@ def test_cli_finds_and_removes_a_cloud_whose_state_dir_is_gone(tmp_path: Path) -
         listed = subprocess.run([*CLI, "list"], capture_output=True, text=True, check=False)
         assert listed.returncode == 0, listed.stderr
         assert "rlost          10.213.56.0/24" in listed.stdout.splitlines()
-        # No spec at all: the subnet comes from the bridge, the S3 server is found by its address.
+        # No spec at all: the subnet comes from the bridge, the S3 server is found by its name mark.
         down = subprocess.run(
             [*CLI, "down", "--name", "rlost", "--state-dir", str(tmp_path / "elsewhere")],
             capture_output=True,
@@ -274,112 +244,6 @@ def test_another_clouds_state_dir_is_never_read_or_removed(tmp_path: Path) -> No
     finally:
         cloud.down()
     assert leftovers(spec) == []
-
-
-def test_down_is_safe_on_a_cloud_that_is_not_there(tmp_path: Path) -> None:
-    spec = spec_for(tmp_path, "rnone", "10.213.52.0/24", 5652)
-    LocalCloud(spec).down()
-    assert leftovers(spec) == []
-
-
-def test_taken_subnet_is_one_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
-    spec = spec_for(tmp_path, "rsub", "10.213.53.0/24", 5653)
-    subprocess.run(["ip", "link", "add", "rtest-taken", "type", "bridge"], check=True)
-    try:
-        subprocess.run(["ip", "addr", "add", "10.213.53.200/24", "dev", "rtest-taken"], check=True)
-        with pytest.raises(LocalCloudError, match=r"subnet 10.213.53.0/24 is already taken .*SUBNET="):
-            LocalCloud(spec).up()
-    finally:
-        subprocess.run(["ip", "link", "delete", "rtest-taken"], check=True)
-    assert leftovers(spec) == []
-
-
-def test_taken_s3_port_is_one_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
-    spec = spec_for(tmp_path, "rport", "10.213.54.0/24", 5654)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 5654))
-        sock.listen()
-        with pytest.raises(
-            LocalCloudError, match=r"port 5654 for the S3 endpoint is already in use.*S3_PORT=5655"
-        ):
-            LocalCloud(spec).up()
-    assert leftovers(spec) == []
-
-
-def test_cli_refuses_non_root_with_one_sentence(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            *CLI,
-            "up",
-            "--name",
-            "rnoroot",
-            "--state-dir",
-            str(tmp_path / "st"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "HOME": str(tmp_path)},
-    )
-    assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("rayops-local: error: the local cloud needs root")
-    assert "Traceback" not in proc.stderr
-
-
-def test_cli_names_missing_host_packages(tmp_path: Path) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    for tool in ("ip", "iptables", "ssh", "ssh-keygen"):  # everything but nspawn and debootstrap
-        (bindir / tool).symlink_to(
-            subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()
-        )
-    proc = subprocess.run(
-        [*CLI, "up", "--name", "rmiss", "--state-dir", str(tmp_path / "st")],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PATH": str(bindir)},
-    )
-    assert proc.returncode == 1
-    assert "missing host packages debootstrap, systemd-container: run `make setup`" in proc.stderr
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"name": "Bad_Name"}, "cloud name 'Bad_Name' is invalid"),
-        ({"workers": -1}, "WORKERS=-1 is out of range"),
-        ({"subnet": "10.213.7.0/33"}, "is not an IPv4 network"),
-        ({"subnet": "10.213.7.0/29"}, "too small"),
-        ({"s3_port": 80}, "S3 port 80 is out of range"),
-    ],
-)
-def test_bad_spec_is_rejected_before_anything_happens(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(LocalCloudError, match=message):
-        LocalCloud(CloudSpec(**kwargs))  # type: ignore[arg-type]
-
-
-def test_corrupt_cached_image_is_detected_and_rebuilt(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    root = tmp_path / image.image_id()
-    (root / "usr/bin").mkdir(parents=True)
-    (root / ".rayops-image").write_text("x")
-    built: list[Path] = []
-
-    def fake_build(path: Path, log: object) -> None:  # debootstrap itself runs in the cloud fixture
-        built.append(path)
-
-    monkeypatch.setattr(image, "build_image", fake_build)
-    messages: list[str] = []
-    image.ensure_image(tmp_path, messages.append)
-    assert built == [root]
-    assert not root.exists(), "the corrupt image must be removed before the rebuild"
-    assert messages and "is corrupt (it lacks usr/lib/systemd/systemd" in messages[0]
 
 
 def test_complete_image_is_reused_without_building(local_cloud: LocalCloud) -> None:
