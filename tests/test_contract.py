@@ -61,6 +61,11 @@ def test_absent_s3_endpoint_is_null_as_pulumi_exports_it() -> None:
     assert "s3_endpoint_url" not in data, "validate must not change its input"
 
 
+def test_optional_s3_env_is_kept_as_given() -> None:
+    env = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "rayops-local"}
+    assert validate(changed(s3_env=env))["s3_env"] == env
+
+
 @pytest.mark.parametrize(
     ("outputs", "message"),
     [
@@ -79,6 +84,8 @@ def test_absent_s3_endpoint_is_null_as_pulumi_exports_it() -> None:
             "name 'rayops-head' appears more than once",
         ),
         (changed(s3_endpoint_url="ftp://x"), "outputs.s3_endpoint_url"),
+        (changed(s3_env={"AWS_REGION": 1}), r"outputs.s3_env.AWS_REGION: 1 is not of type 'string'"),
+        (changed(s3_env={"aws region": "x"}), "outputs.s3_env: 'aws region' does not match"),
     ],
 )
 def test_bad_outputs_are_one_sentence_naming_the_key(outputs: Any, message: str) -> None:

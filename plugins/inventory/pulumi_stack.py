@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ansible.errors import AnsibleParserError
+from ansible.errors import AnsibleError, AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 
 try:
@@ -34,16 +34,23 @@ description:
   - Every host gets C(ansible_host), C(ansible_user), C(ray_node_ip) (its private IP), C(ray_head_ip)
     (the head's private IP), C(rayops_buckets), C(s3_endpoint_url), C(rayops_cluster_name),
     C(rayops_provider), C(rayops_region), C(rayops_node_role), C(rayops_instance_id),
-    C(rayops_instance_type), C(rayops_private_ip), C(rayops_public_ip) and C(rayops_s3_env).
+    C(rayops_instance_type), C(rayops_private_ip), C(rayops_public_ip) and C(rayops_s3_env), plus
+    C(rayops_ray_resources) where a node's outputs size what Ray may use on it (the local cloud).
   - C(rayops_s3_env) is the environment a process on a node needs for the cluster's S3, which the roles
-    give to Ray, its clients and the notebook kernel, as an instance profile would. On AWS it holds the
-    region only (the instance profile signs requests). With an C(s3_endpoint_url) it names that endpoint;
-    on the local cloud (provider C(local), without instance metadata, its S3 taking any key) it also turns
-    off the EC2 metadata lookup and adds a placeholder key pair, which is not a credential.
+    give to Ray, its clients and the notebook kernel, as an instance profile would. Without an
+    C(s3_endpoint_url) it holds the region (C(AWS_DEFAULT_REGION) and C(AWS_REGION)), as on AWS, where the
+    instance profile signs requests. With one it names that endpoint (C(AWS_ENDPOINT_URL_S3)) and the region.
+    The outputs' optional C(s3_env) is laid over that, as it is; the local cloud writes there what its
+    nodes need (no EC2 metadata lookup, a region its S3 accepts, a placeholder key pair that is not a
+    credential). The plugin knows nothing of any provider.
   - When the outputs carry C(ssh_private_key_file) the hosts get C(ansible_ssh_private_key_file); when they
     carry C(ssh_known_hosts_file) the hosts get C(ansible_ssh_common_args) that pin that known-hosts file with
     strict host key checking. Relative paths in the outputs resolve against the folder of the outputs file,
     the state file, or the Pulumi project.
+  - C(ansible_ssh_common_args) is merged, never overwritten. A C(compose) entry for it (or the
+    O(ssh_common_args) option) adds its options after the ones the plugin writes (the pinned known-hosts
+    file, the jump through the head), and ssh takes the first value it reads for each option, so those
+    stay in force. With O(jump_via_head), the added options also reach the hop to the head.
   - The outputs come from exactly one source per configuration file, O(outputs_file), O(stack) with
     O(project_dir), or O(state_file).
   - The configuration file must be named C(pulumi_stack.yml) or end with C(.pulumi_stack.yml)
@@ -104,9 +111,17 @@ options:
         (C(-o ProxyJump=USER@HEAD) in C(ansible_ssh_common_args)); the head itself is reached as usual.
       - When the outputs name an SSH key or a known-hosts file, the jump is written as an equivalent
         C(ProxyCommand) that passes that key and known-hosts file to the hop too, because C(ssh) applies
-        command-line options to the destination only, never to a C(ProxyJump) host.
+        command-line options to the destination only, never to a C(ProxyJump) host. So are the options of
+        O(ssh_common_args) and of a C(compose) entry for C(ansible_ssh_common_args).
     type: bool
     default: false
+  ssh_common_args:
+    description:
+      - SSH options for every host, for example C(-o StrictHostKeyChecking=accept-new), added after the
+        options the plugin writes into C(ansible_ssh_common_args) (and to the hop of O(jump_via_head)).
+      - The same as a C(compose) entry for C(ansible_ssh_common_args), which is merged the same way
+        (after this option's options) instead of replacing the plugin's.
+    type: str
 """
 
 EXAMPLES = r"""
@@ -117,11 +132,13 @@ outputs_file: ../.rayops/local/outputs.json
 
 ---
 # inventory/aws.pulumi_stack.yml: ask the Pulumi CLI for the outputs of stack "dev";
-# the workers have no public IP, so hop through the head
+# the workers have no public IP, so hop through the head; new instances' host keys are
+# accepted on first contact, for the head as a hop too (merged with the jump, not replacing it)
 plugin: pulumi_stack
 stack: dev
 project_dir: ../pulumi
 jump_via_head: true
+ssh_common_args: -o StrictHostKeyChecking=accept-new
 
 ---
 # Read an exported state file and add constructed groups and variables
@@ -159,8 +176,7 @@ STACK_RESOURCE_TYPE = "pulumi:pulumi:Stack"
 # Pulumi marks a secret value in a state export with this signature key and value.
 SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"  # noqa: S105 (public Pulumi marker, no secret)
 SECRET_SIG_VALUE = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 (public Pulumi marker, no secret)
-# Optional contract key not (yet) in the schema: written by the local cloud.
-KNOWN_HOSTS_KEY = "ssh_known_hosts_file"
+SSH_ARGS_VAR = "ansible_ssh_common_args"
 OUTPUT_FIX = (
     "start the local cloud (`rayops-local up`), or save a stack's outputs with "
     "`pulumi stack output --json --show-secrets > FILE`"
@@ -383,9 +399,9 @@ def read_outputs(source: Source, timeout: int) -> Any:
 
 
 def contract_keys() -> tuple[set[str], set[str]]:
-    """The top-level and node keys that contract v1 knows, plus the optional known-hosts key."""
+    """The top-level and node keys that contract v1 knows."""
     schema = load_schema()
-    top = set(schema["properties"]) | {KNOWN_HOSTS_KEY}
+    top = set(schema["properties"])
     node = set(schema["$defs"]["node"]["properties"])
     return top, node
 
@@ -405,47 +421,63 @@ def connect_address(node: dict[str, Any], use_private_ip: bool) -> str:
     return node["private_ip"] if use_private_ip or not public else public
 
 
-def ssh_common_args(
-    *,
-    known_hosts: Path | None,
-    key_file: Path | None,
-    jump: str | None,
-) -> str | None:
-    """``ansible_ssh_common_args`` for a host: pinned known hosts and/or a jump through ``jump``."""
-    options: list[str] = []
-    if known_hosts is not None:
-        # ssh splits UserKnownHostsFile on whitespace (it takes a list); double quotes keep one path whole
-        path = f'"{known_hosts}"' if any(c.isspace() for c in str(known_hosts)) else str(known_hosts)
-        options += ["-o", f"UserKnownHostsFile={path}", "-o", "StrictHostKeyChecking=yes"]
-    args = list(options)
-    if jump is not None:
-        if known_hosts is None and key_file is None:
-            args += ["-o", f"ProxyJump={jump}"]
-        else:
-            hop = ["ssh", "-W", "%h:%p"]
-            if key_file is not None:
-                hop += ["-i", str(key_file)]
-            hop += [*options, jump]
-            args += ["-o", "ProxyCommand=" + shlex.join(hop)]
-    return shlex.join(args) if args else None
+@dataclass(frozen=True)
+class SshPlan:
+    """What a host's ``ansible_ssh_common_args`` are made of; ``args`` merges the user's options in."""
 
+    known_hosts: Path | None = None
+    key_file: Path | None = None
+    jump: str | None = None
 
-LOCAL_S3_PLACEHOLDER_KEY = "rayops-local"  # the local cloud's S3 (moto) accepts any key pair
+    def args(self, extra: list[str] | None = None) -> str | None:
+        """Pinned known hosts, then the jump through ``jump``, then ``extra`` (the user's options).
+
+        ssh keeps the first value of each option, so ``extra`` cannot undo the pinning or the jump. ssh
+        applies command-line options to the destination only, so a jump that needs options (a key, the
+        pinned known hosts, ``extra``) is a ProxyCommand hop that passes them, else a plain ProxyJump.
+        """
+        extra = list(extra or [])
+        options: list[str] = []
+        if self.known_hosts is not None:
+            # ssh splits UserKnownHostsFile on whitespace (it takes a list); double quotes keep one path whole
+            kh = str(self.known_hosts)
+            path = f'"{kh}"' if any(c.isspace() for c in kh) else kh
+            options += ["-o", f"UserKnownHostsFile={path}", "-o", "StrictHostKeyChecking=yes"]
+        args = list(options)
+        if self.jump is not None:
+            if self.key_file is None and not options and not extra:
+                args += ["-o", f"ProxyJump={self.jump}"]
+            else:
+                hop = ["ssh", "-W", "%h:%p"]
+                if self.key_file is not None:
+                    hop += ["-i", str(self.key_file)]
+                hop += [*options, *extra, self.jump]
+                args += ["-o", "ProxyCommand=" + shlex.join(hop)]
+        args += extra
+        return shlex.join(args) if args else None
 
 
 def s3_env(outputs: dict[str, Any]) -> dict[str, str]:
     """The environment for the cluster's S3 on a node (see C(rayops_s3_env) in the documentation)."""
+    region: str = outputs["region"]
     endpoint = outputs.get("s3_endpoint_url")
-    if not endpoint:
-        return {"AWS_DEFAULT_REGION": outputs["region"], "AWS_REGION": outputs["region"]}
-    env = {
-        "AWS_ENDPOINT_URL_S3": endpoint,
-        "AWS_DEFAULT_REGION": "us-east-1" if outputs["region"] == "local" else outputs["region"],
-    }
-    if outputs["provider"] == "local":
-        env["AWS_EC2_METADATA_DISABLED"] = "true"  # no instance metadata service on the local cloud
-        env["AWS_ACCESS_KEY_ID"] = env["AWS_SECRET_ACCESS_KEY"] = LOCAL_S3_PLACEHOLDER_KEY
+    env = (
+        {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_DEFAULT_REGION": region}
+        if endpoint
+        else {"AWS_DEFAULT_REGION": region, "AWS_REGION": region}
+    )
+    env.update(outputs.get("s3_env") or {})
     return env
+
+
+@dataclass(frozen=True)
+class Host:
+    """One node as an Ansible host: its group, its variables, and how its SSH arguments are made."""
+
+    name: str
+    group: str
+    vars: dict[str, Any]
+    ssh: SshPlan
 
 
 def build_hosts(
@@ -454,15 +486,18 @@ def build_hosts(
     *,
     use_private_ip: bool = False,
     jump_via_head: bool = False,
-) -> list[tuple[str, str, dict[str, Any]]]:
-    """(host name, group, host vars) for every node of validated ``outputs``, head first."""
+    ssh_extra: list[str] | None = None,
+) -> list[Host]:
+    """Every node of validated ``outputs`` as a host, head first."""
     the_head = head(outputs)
     head_address = connect_address(the_head, use_private_ip)
     ssh_user: str = outputs["ssh_user"]
     key_file = (
         _resolve(outputs["ssh_private_key_file"], base_dir) if outputs.get("ssh_private_key_file") else None
     )
-    known_hosts = _resolve(outputs[KNOWN_HOSTS_KEY], base_dir) if outputs.get(KNOWN_HOSTS_KEY) else None
+    known_hosts = (
+        _resolve(outputs["ssh_known_hosts_file"], base_dir) if outputs.get("ssh_known_hosts_file") else None
+    )
     common = {
         "ansible_user": ssh_user,
         "ray_head_ip": the_head["private_ip"],
@@ -494,14 +529,13 @@ def build_hosts(
             "rayops_private_ip": node["private_ip"],
             "rayops_public_ip": node["public_ip"],
         }
-        args = ssh_common_args(
-            known_hosts=known_hosts,
-            key_file=key_file,
-            jump=f"{ssh_user}@{head_address}" if jumps else None,
-        )
+        if node.get("ray_resources"):
+            host_vars["rayops_ray_resources"] = dict(node["ray_resources"])
+        plan = SshPlan(known_hosts, key_file, f"{ssh_user}@{head_address}" if jumps else None)
+        args = plan.args(ssh_extra)
         if args is not None:
-            host_vars["ansible_ssh_common_args"] = args
-        hosts.append((node["name"], GROUP_HEAD if is_head else GROUP_WORKERS, host_vars))
+            host_vars[SSH_ARGS_VAR] = args
+        hosts.append(Host(node["name"], GROUP_HEAD if is_head else GROUP_WORKERS, host_vars, plan))
     return hosts
 
 
@@ -567,24 +601,47 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):  # type: i
         if update_cache:
             self._cache[cache_key] = kept
 
+        ssh_extra = shlex.split(self.get_option("ssh_common_args") or "")
         hosts = build_hosts(
             kept,
             source.base_dir,
             use_private_ip=bool(self.get_option("use_private_ip")),
             jump_via_head=bool(self.get_option("jump_via_head")),
+            ssh_extra=ssh_extra,
         )
-        self._populate(hosts)
+        self._populate(hosts, ssh_extra)
 
-    def _populate(self, hosts: list[tuple[str, str, dict[str, Any]]]) -> None:
+    def _populate(self, hosts: list[Host], ssh_extra: list[str]) -> None:
         for group in (GROUP_CLUSTER, GROUP_HEAD, GROUP_WORKERS):
             self.inventory.add_group(group)
         self.inventory.add_child(GROUP_CLUSTER, GROUP_HEAD)
         self.inventory.add_child(GROUP_CLUSTER, GROUP_WORKERS)
         strict = self.get_option("strict")
-        for name, group, host_vars in hosts:
-            self.inventory.add_host(name, group=group)
-            for key, value in host_vars.items():
-                self.inventory.set_variable(name, key, value)
-            self._set_composite_vars(self.get_option("compose"), host_vars, name, strict=strict)
-            self._add_host_to_composed_groups(self.get_option("groups"), host_vars, name, strict=strict)
-            self._add_host_to_keyed_groups(self.get_option("keyed_groups"), host_vars, name, strict=strict)
+        groups, keyed_groups = self.get_option("groups"), self.get_option("keyed_groups")
+        compose = dict(self.get_option("compose") or {})
+        ssh_template = compose.pop(SSH_ARGS_VAR, None)
+        for host in hosts:
+            self.inventory.add_host(host.name, group=host.group)
+            for key, value in host.vars.items():
+                self.inventory.set_variable(host.name, key, value)
+            if ssh_template is not None:
+                self._merge_composed_ssh_args(host, ssh_template, ssh_extra, strict)
+            self._set_composite_vars(compose, host.vars, host.name, strict=strict)
+            self._add_host_to_composed_groups(groups, host.vars, host.name, strict=strict)
+            self._add_host_to_keyed_groups(keyed_groups, host.vars, host.name, strict=strict)
+
+    def _merge_composed_ssh_args(self, host: Host, template: str, ssh_extra: list[str], strict: bool) -> None:
+        """A ``compose`` entry for ansible_ssh_common_args, merged after the plugin's options."""
+        try:
+            composed = self._compose(template, host.vars)
+        except Exception as exc:
+            if strict:
+                raise AnsibleError(f"Could not set {SSH_ARGS_VAR} for host {host.name}: {exc}") from exc
+            return
+        text = str(composed or "").strip()
+        own = host.vars.get(SSH_ARGS_VAR)
+        if own and text.startswith(own):  # a template that extends the plugin's value adds only the rest
+            text = text[len(own) :]
+        merged = host.ssh.args([*ssh_extra, *shlex.split(text)])
+        if merged is not None:
+            self.inventory.set_variable(host.name, SSH_ARGS_VAR, merged)

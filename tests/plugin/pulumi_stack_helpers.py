@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from rayops.ansible_env import REPO
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PLUGIN_DIR = REPO / "plugins" / "inventory"
 # Run every Ansible command against the repository's own ansible.cfg, wherever pytest was started.

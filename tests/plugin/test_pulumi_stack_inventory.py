@@ -5,19 +5,24 @@ from __future__ import annotations
 import copy
 import json
 import shlex
-from pathlib import Path
 
 import pytest
+from ansible.errors import AnsibleError
 from pulumi_stack_helpers import (
+    REPO,
     group_hosts,
     hostvars,
     load_fixture,
     new_plugin,
     parse,
+    plugin_module,
     ssh_config,
     write_config,
     write_outputs,
 )
+
+from rayops.localcloud import s3server
+from rayops.localcloud.state import CloudSpec
 
 AWS_BUCKETS = {k: f"rayops-dev-{k}-7f3a2c" for k in ("raw", "features", "models", "results")}
 
@@ -245,8 +250,6 @@ def test_state_export_secrets_are_revealed(tmp_path):
 
 
 def test_reveal_secrets_decodes_nested_envelopes():
-    from pulumi_stack_helpers import plugin_module
-
     module = plugin_module()
     sig = {module.SECRET_SIG_KEY: module.SECRET_SIG_VALUE}
     inner = {**sig, "plaintext": json.dumps("10.0.0.1")}
@@ -367,7 +370,7 @@ def test_without_cache_every_parse_reads_the_source(tmp_path):
 
 def test_plugin_reads_the_real_local_config_shape(tmp_path):
     """inventory/local.pulumi_stack.yml, copied into a tree shaped like the repo, finds .rayops/local."""
-    repo_inventory = Path(__file__).resolve().parents[2] / "inventory" / "local.pulumi_stack.yml"
+    repo_inventory = REPO / "inventory" / "local.pulumi_stack.yml"
     (tmp_path / "inventory").mkdir()
     config = tmp_path / "inventory" / "local.pulumi_stack.yml"
     config.write_text(repo_inventory.read_text(encoding="utf-8"), encoding="utf-8")
@@ -390,3 +393,80 @@ def test_s3_endpoint_of_another_provider_gets_no_placeholder_key(inventory_from)
         "AWS_ENDPOINT_URL_S3": "https://s3.internal.example:9000",
         "AWS_DEFAULT_REGION": "eu-west-1",
     }
+
+
+def test_s3_env_of_the_outputs_is_passed_on_and_the_plugin_adds_no_provider_quirks(inventory_from):
+    """The local cloud writes what its nodes need into the contract (s3_env); the plugin knows no provider."""
+    outputs = load_fixture("local.json")
+    spec = CloudSpec(name="rayops-local", subnet="10.77.0.0/24", s3_port=9000)
+    assert outputs["s3_env"] == s3server.node_env(spec), "the fixture must be what the local cloud writes"
+    del outputs["s3_env"]
+
+    env = hostvars(inventory_from(outputs), "ray-head")["rayops_s3_env"]
+
+    assert env == {"AWS_ENDPOINT_URL_S3": "http://10.77.0.1:9000", "AWS_DEFAULT_REGION": "local"}
+
+
+def test_ssh_common_args_option_is_merged_after_the_pinning_and_reaches_the_hop(tmp_path):
+    write_outputs(tmp_path, load_fixture("local.json"))
+    extra = "-o ServerAliveInterval=15 -o StrictHostKeyChecking=no"
+    inventory = parse(
+        write_config(tmp_path, outputs_file="outputs.json", jump_via_head=True, ssh_common_args=extra)
+    )
+
+    pinned = [
+        "-o",
+        f"UserKnownHostsFile={tmp_path / 'ssh' / 'known_hosts'}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+    ]
+    head = hostvars(inventory, "ray-head")
+    assert shlex.split(head["ansible_ssh_common_args"]) == [*pinned, *shlex.split(extra)]
+    worker = hostvars(inventory, "ray-worker-1")
+    resolved = ssh_config([*shlex.split(worker["ansible_ssh_common_args"]), "10.77.0.11"])
+    assert resolved["stricthostkeychecking"] == "true", "ssh takes the first value: the pinning stays"
+    assert resolved["serveraliveinterval"] == "15"
+    assert shlex.split(resolved["proxycommand"]) == [
+        "ssh",
+        "-W",
+        "%h:%p",
+        "-i",
+        str(tmp_path / "ssh" / "id_ed25519"),
+        *pinned,
+        *shlex.split(extra),
+        "rayops@10.77.0.10",
+    ]
+
+
+def test_compose_of_ssh_args_is_merged_after_the_option_and_never_doubles_the_plugins(inventory_from):
+    inventory = inventory_from(
+        load_fixture("aws_public.json"),
+        jump_via_head=True,
+        ssh_common_args="-o ServerAliveInterval=15",
+        compose={
+            # a template that extends the plugin's value adds only its own part
+            "ansible_ssh_common_args": "(ansible_ssh_common_args | default('')) ~ ' -C'",
+            "ray_dashboard_url": "'http://' ~ ray_head_ip ~ ':8265'",
+        },
+    )
+
+    head = hostvars(inventory, "ray-head")
+    assert head["ansible_ssh_common_args"] == "-o ServerAliveInterval=15 -C"
+    assert head["ray_dashboard_url"] == "http://10.0.1.10:8265"  # the rest of compose still applies
+    worker = shlex.split(hostvars(inventory, "ray-worker-1")["ansible_ssh_common_args"])
+    assert worker == [
+        "-o",
+        "ProxyCommand=ssh -W %h:%p -o ServerAliveInterval=15 -C admin@203.0.113.10",
+        "-o",
+        "ServerAliveInterval=15",
+        "-C",
+    ]
+
+
+def test_compose_of_ssh_args_that_fails_keeps_the_plugins_unless_strict(inventory_from):
+    compose = {"ansible_ssh_common_args": "no_such_variable ~ ' -C'"}
+    inventory = inventory_from(load_fixture("aws_public.json"), jump_via_head=True, compose=compose)
+    assert hostvars(inventory, "ray-worker-1")["ansible_ssh_common_args"] == "-o ProxyJump=admin@203.0.113.10"
+
+    with pytest.raises(AnsibleError, match="Could not set ansible_ssh_common_args for host ray-head"):
+        inventory_from(load_fixture("aws_public.json"), compose=compose, strict=True)
