@@ -14,18 +14,21 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rayops.workflow.config import (
     FEATURE_EXECUTORS,
+    OPTIONS,
     UCI_URL,
     Buckets,
-    Thresholds,
+    Option,
     WorkflowConfig,
-    XGBoostParams,
+    config_from_options,
+    default_of,
     new_run_id,
+    option_defaults,
 )
 from rayops.workflow.errors import ConfigError, NotPromotedError, WorkflowError
 
@@ -63,6 +66,21 @@ def _workers(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a whole number") from None
 
 
+_TYPES: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "optional_float": _optional_float,
+    "workers": _workers,
+}
+
+
+def _shown(option: Option) -> str:
+    """An option's default as the command line spells it."""
+    if option.default is None:
+        return "auto" if option.kind == "workers" else "none"
+    return str(option.default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rayops.workflow",
@@ -77,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         "or on a local Ray started for the run.",
     )
     run.add_argument(
-        "--dataset", default=UCI_URL, help="path, s3:// URI or https:// URL (default: the UCI zip)"
+        "--dataset",
+        default=default_of(WorkflowConfig, "dataset"),
+        help="path, s3:// URI or https:// URL (default: the UCI zip)",
     )
     run.add_argument(
         "--buckets",
@@ -87,59 +107,41 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--s3-endpoint-url", default=None, help="S3 endpoint of the local cloud; leave out on AWS"
     )
-    run.add_argument("--target-zone", type=int, default=1, help="zone to predict: 1, 2 or 3 (default 1)")
+    run.add_argument(
+        "--target-zone",
+        type=int,
+        default=default_of(WorkflowConfig, "target_zone"),
+        help="zone to predict: 1, 2 or 3 (default: %(default)s)",
+    )
     run.add_argument(
         "--run-id", default=None, help="run id used in every S3 key (default: UTC time + random)"
     )
     run.add_argument(
-        "--num-workers",
-        type=_workers,
-        default=None,
-        help="Ray Train workers: 'auto' (default: one process for a table that fits it, else one "
-        "worker per node and physical core), 0 (one process) or N (N workers)",
-    )
-    run.add_argument(
         "--features-executor",
         choices=FEATURE_EXECUTORS,
-        default="auto",
+        default=default_of(WorkflowConfig, "features_executor"),
         help="who runs the feature steps: 'auto' (default: pandas on the driver for small tables), "
         "'pandas' or 'ray' (Ray Data on the cluster)",
     )
-    run.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (= XGBoost threads) per worker")
-    defaults = XGBoostParams()
-    run.add_argument("--num-boost-round", type=int, default=defaults.num_boost_round)
-    run.add_argument("--max-depth", type=int, default=defaults.max_depth)
-    run.add_argument("--eta", type=float, default=defaults.eta, help="learning rate")
-    run.add_argument("--subsample", type=float, default=defaults.subsample)
-    run.add_argument("--colsample-bytree", type=float, default=defaults.colsample_bytree)
-    run.add_argument("--min-child-weight", type=float, default=defaults.min_child_weight)
-    run.add_argument("--reg-lambda", type=float, default=defaults.reg_lambda)
-    run.add_argument("--seed", type=int, default=defaults.seed, help="XGBoost's random seed")
-    run.add_argument("--holdout-weeks", type=int, default=4, help="weeks at the end kept for the holdout")
-    run.add_argument("--test-fraction", type=float, default=0.2, help="seed protocol test share (0.2)")
-    run.add_argument("--split-seed", type=int, default=42, help="seed protocol random_state (42)")
-    gates = Thresholds()
-    run.add_argument(
-        "--min-r2",
-        type=_optional_float,
-        default=gates.min_r2,
-        help="promotion gate on holdout R2 ('none': off)",
-    )
-    run.add_argument("--max-rmse", type=_optional_float, default=None, help="promotion gate on holdout RMSE")
-    run.add_argument("--max-mae", type=_optional_float, default=None, help="promotion gate on holdout MAE")
-    run.add_argument("--max-mape", type=_optional_float, default=None, help="promotion gate on MAPE, percent")
-    run.add_argument(
-        "--report-every",
-        type=int,
-        default=100,
-        help="rounds between progress lines (Ray Train gets one report, with the models, at the end)",
-    )
+    for option in OPTIONS:
+        run.add_argument(
+            option.flag,
+            type=_TYPES[option.kind],
+            default=option.default,
+            help=f"{option.help} (default: {_shown(option)})",
+        )
     run.add_argument(
         "--git-sha", default=None, help="commit of the code, recorded in the model metadata ('unknown': none)"
     )
     run.add_argument("--output-metrics", type=Path, default=None, help="also write metrics.json to this path")
     run.add_argument("--ray-address", default=None, help="Ray cluster to use (default: RAY_ADDRESS or local)")
     run.add_argument("--local-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+
+    options = sub.add_parser(
+        "options",
+        help="list the options a run may tune, with their defaults (train.yml's train_params keys)",
+    )
+    options.add_argument("--json", action="store_true", help="one JSON object {name: default}")
 
     resolve = sub.add_parser(
         "resolve-dataset",
@@ -156,32 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> WorkflowConfig:
-    return WorkflowConfig(
+    return config_from_options(
+        {option.name: getattr(args, option.name) for option in OPTIONS},
         buckets=Buckets.from_json(args.buckets),
         dataset=args.dataset,
         s3_endpoint_url=args.s3_endpoint_url,
         target_zone=args.target_zone,
         run_id=args.run_id or new_run_id(),
-        num_workers=args.num_workers,
-        cpus_per_worker=args.cpus_per_worker,
         features_executor=args.features_executor,
-        xgboost=XGBoostParams(
-            num_boost_round=args.num_boost_round,
-            max_depth=args.max_depth,
-            eta=args.eta,
-            subsample=args.subsample,
-            colsample_bytree=args.colsample_bytree,
-            min_child_weight=args.min_child_weight,
-            reg_lambda=args.reg_lambda,
-            seed=args.seed,
-        ),
-        thresholds=Thresholds(
-            min_r2=args.min_r2, max_rmse=args.max_rmse, max_mae=args.max_mae, max_mape=args.max_mape
-        ),
-        holdout_weeks=args.holdout_weeks,
-        test_fraction=args.test_fraction,
-        split_seed=args.split_seed,
-        report_every=args.report_every,
         # "unknown" is what a playbook passes when the controller's copy is not a git checkout.
         git_sha=None if (args.git_sha or "").strip().lower() in ("", "unknown") else args.git_sha.strip(),
     )
@@ -265,6 +249,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_options(args: argparse.Namespace) -> int:
+    """The tunable options and their defaults, for train.yml's check of train_params."""
+    if args.json:
+        print(json.dumps(option_defaults()), flush=True)
+        return 0
+    for option in OPTIONS:
+        print(f"{option.flag:<20} {_shown(option):<8} {option.help}")
+    return 0
+
+
 def cmd_resolve(args: argparse.Namespace) -> int:
     from rayops.workflow import ingest
     from rayops.workflow.s3 import S3Store, split_s3_uri
@@ -290,4 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(sys.stdout if args.command == "run" else sys.stderr)
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "options":
+        return cmd_options(args)
     return cmd_resolve(args)

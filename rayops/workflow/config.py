@@ -10,7 +10,8 @@ import json
 import math
 import re
 import secrets
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -215,6 +216,93 @@ class WorkflowConfig:
     def model_prefix(self) -> str:
         """Key prefix of this target's models, e.g. ``zone1`` (its ``current.json`` lives there)."""
         return f"zone{self.target_zone}"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One tunable option of a run: ``--<name with dashes>`` on the CLI, a key of train.yml's
+    ``train_params``. Its default is the dataclass field's (``owner``), never restated."""
+
+    name: str
+    owner: type
+    kind: str  # int, float, optional_float (a number or none/off) or workers (auto or a number)
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def default(self) -> Any:
+        return default_of(self.owner, self.name)
+
+
+def default_of(owner: type, name: str) -> Any:
+    """The default of the dataclass field ``owner.name``: the one place each default is written."""
+    spec = next(f for f in fields(owner) if f.name == name)
+    if spec.default is not MISSING:
+        return spec.default
+    return spec.default_factory()  # type: ignore[operator]  # MISSING only without either
+
+
+#: The options a run may tune (``python -m rayops.workflow options --json`` prints them with their
+#: defaults; train.yml accepts exactly these in ``train_params``).
+OPTIONS = (
+    Option(
+        "num_workers",
+        WorkflowConfig,
+        "workers",
+        "Ray Train workers: 'auto' (one process for a table that fits it, else one worker per node "
+        "and physical core), 0 (one process) or N (N workers)",
+    ),
+    Option("cpus_per_worker", WorkflowConfig, "int", "CPUs (= XGBoost threads) per worker"),
+    Option("num_boost_round", XGBoostParams, "int", "boosting rounds"),
+    Option("max_depth", XGBoostParams, "int", "tree depth"),
+    Option("eta", XGBoostParams, "float", "learning rate"),
+    Option("subsample", XGBoostParams, "float", "row share per tree"),
+    Option("colsample_bytree", XGBoostParams, "float", "feature share per tree"),
+    Option("min_child_weight", XGBoostParams, "float", "minimum hessian sum of a leaf"),
+    Option("reg_lambda", XGBoostParams, "float", "L2 regularisation"),
+    Option("seed", XGBoostParams, "int", "XGBoost's random seed"),
+    Option("holdout_weeks", WorkflowConfig, "int", "weeks at the end kept for the holdout"),
+    Option("test_fraction", WorkflowConfig, "float", "seed protocol test share"),
+    Option("split_seed", WorkflowConfig, "int", "seed protocol random_state"),
+    Option("min_r2", Thresholds, "optional_float", "promotion gate on holdout R2 ('none': off)"),
+    Option("max_rmse", Thresholds, "optional_float", "promotion gate on holdout RMSE ('none': off)"),
+    Option("max_mae", Thresholds, "optional_float", "promotion gate on holdout MAE ('none': off)"),
+    Option("max_mape", Thresholds, "optional_float", "promotion gate on holdout MAPE, percent ('none': off)"),
+    Option(
+        "report_every",
+        WorkflowConfig,
+        "int",
+        "rounds between progress lines (Ray Train gets one report, with the models, at the end)",
+    ),
+)
+
+
+def option_defaults() -> dict[str, Any]:
+    """Every tunable option's name and default, in the order of OPTIONS."""
+    return {option.name: option.default for option in OPTIONS}
+
+
+def config_from_options(options: Mapping[str, Any], **settings: Any) -> WorkflowConfig:
+    """A WorkflowConfig from tunable ``options`` (names of OPTIONS; the others keep their
+    defaults) and the run's own ``settings`` (buckets, dataset, run_id, ...)."""
+    unknown = sorted(set(options) - {option.name for option in OPTIONS})
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)}: a run takes only {', '.join(o.name for o in OPTIONS)}"
+        )
+    picked: dict[type, dict[str, Any]] = {XGBoostParams: {}, Thresholds: {}, WorkflowConfig: {}}
+    for option in OPTIONS:
+        if option.name in options:
+            picked[option.owner][option.name] = options[option.name]
+    return WorkflowConfig(
+        xgboost=XGBoostParams(**picked[XGBoostParams]),
+        thresholds=Thresholds(**picked[Thresholds]),
+        **picked[WorkflowConfig],
+        **settings,
+    )
 
 
 def _check_int(flag: str, value: Any, low: int, high: int) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 
+from rayops.workflow.artifacts import raw_key
 from rayops.workflow.config import UCI_URL
 from rayops.workflow.errors import DataError
 from rayops.workflow.s3 import S3Store, describe_s3_error, split_s3_uri
@@ -38,7 +39,6 @@ MAX_LAG_HOURS = 168
 MIN_TRAIN_HOURS = 168
 MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
 CACHE_NAME = "tetouan-power-consumption.csv"
-RAW_PREFIX = "datasets"
 
 WEATHER = ("temperature", "humidity", "wind_speed", "general_diffuse_flows", "diffuse_flows")
 ZONES = ("zone1", "zone2", "zone3")
@@ -341,11 +341,6 @@ def check_history(table: RawTable, holdout_hours: int) -> int:
 
 
 # -------------------------------------------------------------------------------------- upload
-
-
-def raw_key(name: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "dataset.csv"
-    return f"{RAW_PREFIX}/{safe}"
 
 
 def upload_raw(store: S3Store, bucket: str, fetched: Fetched, table: RawTable) -> IngestResult:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -133,3 +135,42 @@ def test_cli_num_workers_auto_or_a_count(given: str, expected: int | None) -> No
 def test_cli_git_sha_unknown_means_none() -> None:
     assert _parse("--git-sha", "unknown").git_sha is None
     assert _parse().git_sha is None
+
+
+def test_cli_defaults_are_the_dataclass_defaults() -> None:
+    """The CLI restates no default: a run without options is the dataclasses' defaults."""
+    assert _parse("--run-id", "r1") == WorkflowConfig(buckets=Buckets(**GOOD), run_id="r1")
+
+
+def test_options_json_names_every_tunable_option_with_its_default() -> None:
+    """What train.yml reads to check train_params: each name is a CLI option, with the config's default."""
+    from rayops.workflow.config import OPTIONS
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "rayops.workflow", "options", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    defaults = json.loads(proc.stdout)
+    assert list(defaults) == [o.name for o in OPTIONS]
+    assert defaults["num_boost_round"] == XGBoostParams().num_boost_round == 400
+    assert defaults["min_r2"] == Thresholds().min_r2 == 0.9
+    assert defaults["holdout_weeks"] == WorkflowConfig(buckets=Buckets(**GOOD)).holdout_weeks == 4
+    assert defaults["num_workers"] is None and defaults["max_rmse"] is None
+    # every name reaches the config through its CLI flag
+    given = {name: "0.5" if name == "test_fraction" else "1" for name in defaults}
+    config = _parse(*[x for name, value in given.items() for x in (f"--{name.replace('_', '-')}", value)])
+    assert (config.xgboost.max_depth, config.thresholds.max_mape, config.report_every) == (1, 1.0, 1)
+
+
+def test_unknown_options_are_refused_in_one_sentence() -> None:
+    from rayops.workflow.config import config_from_options
+
+    with pytest.raises(ConfigError) as info:
+        config_from_options({"num_boost_rounds": 5, "eta": 0.3}, buckets=Buckets(**GOOD))
+    assert str(info.value).startswith("unknown option(s) num_boost_rounds: a run takes only num_workers, ")
+    assert "\n" not in str(info.value)
+    ok = config_from_options({"eta": 0.3, "min_r2": None}, buckets=Buckets(**GOOD))
+    assert (ok.xgboost.eta, ok.thresholds.min_r2, ok.xgboost.max_depth) == (0.3, None, 6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import workflow_synth as synth
 import xgboost
 from workflow_helpers import free_port, make_buckets, metrics_line, run_cli
 
-from rayops.workflow import evaluate, features
+from rayops.workflow import evaluate, features, pipeline
 from rayops.workflow.cli import METRICS_PREFIX
 from rayops.workflow.config import Buckets
 
@@ -108,8 +109,17 @@ def rerun(good_run: Run, run_id: str, *extra: str) -> subprocess.CompletedProces
 
 def test_progress_lines_and_metrics_object(good_run: Run, s3: Any) -> None:
     out = good_run.proc.stdout
-    for stage in ("1/5 ingest", "2/5 features", "3/5 train", "4/5 evaluate", "5/5 artifacts"):
-        assert f"[rayops] stage {stage}: done in" in out
+    # each stage's start and end once, in order, with its seconds; boosting every --report-every
+    # rounds (60 rounds, every 20: rounds 20 and 40 of both protocols); the decision; no empty line
+    stages = [line for line in out.splitlines() if line.startswith("[rayops] stage ")]
+    assert [line.split(":")[0] for line in stages] == [
+        f"[rayops] stage {n}/5 {name}" for n, name in enumerate(pipeline.STAGES, 1) for _ in (0, 1)
+    ]
+    assert all(re.search(r": (started|done in \d+\.\d s)$", line) for line in stages), stages
+    rounds = re.findall(r"^\[rayops\] train: round (\d+)/60 (\w+)/train-rmse=", out, re.MULTILINE)
+    assert rounds == [("20", "holdout"), ("40", "holdout"), ("20", "seed_protocol"), ("40", "seed_protocol")]
+    assert "[rayops] evaluate: promote\n" in out
+    assert "\n\n" not in out.strip()
     m = good_run.metrics
     # a small table: pandas features on the driver and one training process, each choice logged and recorded
     assert "[rayops] features: 5,040 raw rows <= 1,000,000: pandas on the driver" in out
@@ -253,6 +263,7 @@ def test_bad_data_is_refused_before_anything_is_written(good_run: Run, s3: Any, 
     assert "Traceback" not in proc.stderr
     assert METRICS_PREFIX not in proc.stdout
     assert "starting a local Ray" not in proc.stdout  # failed in stage 1, before Ray
+    assert "[rayops] stage 1/5 ingest: failed after " in proc.stdout  # every stage's end is shown
     assert s3.list_object_versions(Bucket=b.raw)["Versions"] == raw_versions
     assert get_json(s3, b.features, "zone1/latest.json") == latest
     assert latest["source"]["version_id"] == good_run.metrics["data_version"]
