@@ -10,8 +10,11 @@ short_description: Submit a Ray Job and follow it with the Ray Jobs SDK
 description:
   - Runs on the Ray head with the cluster's venv Python (set C(ansible_python_interpreter) for the task).
   - O(state=present) submits the job once per O(submission_id); running it again does not resubmit.
-  - O(state=status) returns the job's status, its last progress line and, when it has finished,
-    the metrics it printed as a C(RAYOPS_METRICS_JSON=...) line.
+  - O(state=status) returns the job's status, its last progress line, the log lines after
+    O(log_offset) and, when it has finished, the metrics it printed as a C(RAYOPS_METRICS_JSON=...) line.
+  - The action plugin of the same name adds O(follow) (with O(timeout_s)) on the controller: it calls
+    this module with O(state=status) and a growing O(log_offset) until the job ends, printing every
+    new log line once, in order, with the elapsed time.
   - Token authentication is read from O(env_file) (KEY=VALUE lines); its values are never returned.
 options:
   submission_id:
@@ -46,10 +49,26 @@ options:
     default: /etc/rayops/ray-client.env
   wait_s:
     description:
-      - With O(state=status), wait up to this many seconds for the job to print a new progress line
-        or to finish before returning (0 returns at once).
+      - With O(state=status), wait up to this many seconds for the job to print a line after
+        O(log_offset) or to change state before returning (0 returns at once).
     type: int
     default: 0
+  log_offset:
+    description:
+      - Number of the job's log lines already seen; RV(log_lines) holds the complete lines after them.
+    type: int
+    default: 0
+  follow:
+    description:
+      - (action plugin) After O(state=present) or O(state=status), poll the job until it ends, print each
+        new log line once with the elapsed time, and return the final status. Ignored in check mode.
+    type: bool
+    default: false
+  timeout_s:
+    description:
+      - (action plugin) With O(follow), fail when the job has not ended after this many seconds (the job
+        keeps running). Default none.
+    type: int
   log_tail:
     description: Number of log lines to return.
     type: int
@@ -66,6 +85,16 @@ EXAMPLES = r"""
     runtime_env: {env_vars: {RAYOPS_EXAMPLE: "1"}}
   vars:
     ansible_python_interpreter: /opt/rayops/venv/bin/python
+
+- name: Train | follow the job to its end, printing its log lines as they come
+  ray_job:
+    submission_id: "rayops-train-{{ run_id }}"
+    state: status
+    follow: true
+    wait_s: 20
+  vars:
+    ansible_python_interpreter: /opt/rayops/venv/bin/python
+  register: job
 """
 
 RETURN = r"""
@@ -94,6 +123,21 @@ logs_tail:
   type: list
   elements: str
   returned: always
+log_lines:
+  description:
+    - The complete log lines after O(log_offset) (a last line still being written is held back until
+      it ends or the job does). The action plugin's O(follow) returns them all.
+  type: list
+  elements: str
+  returned: always
+log_offset:
+  description: The O(log_offset) to pass next time (lines seen so far).
+  type: int
+  returned: always
+msg:
+  description: What check mode would have done.
+  type: str
+  returned: in check mode
 """
 
 import json
@@ -144,23 +188,60 @@ def _status(job_info: Any) -> str:
     return str(getattr(status, "value", status))
 
 
+def new_lines(logs: str, offset: int, finished: bool) -> tuple[list[str], int]:
+    """The complete lines after the first ``offset`` lines of ``logs``, and the next offset. A last
+    line without its newline is still being written: it waits for the next call unless the job ended."""
+    lines = logs.split("\n")
+    if lines[-1] == "" or not finished:
+        lines = lines[:-1]  # the empty string after the last newline, or a partial line
+    return lines[offset:], max(offset, len(lines))
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _check_mode_exit(module: AnsibleModule, changed: bool, status: str, msg: str) -> None:
+    """Check mode's answer: what a real run would do, with the keys the play reads."""
+    module.exit_json(
+        changed=changed,
+        status=status,
+        finished=False,
+        progress="",
+        logs_tail=[],
+        log_lines=[],
+        log_offset=module.params["log_offset"],
+        msg=msg,
+    )
+
+
+API_ARGS = {
+    "submission_id": {"type": "str", "required": True},
+    "state": {"type": "str", "choices": ["present", "status", "stopped"], "default": "status"},
+    "entrypoint": {"type": "str"},
+    "runtime_env": {"type": "dict", "default": {}},
+    "metadata": {"type": "dict", "default": {}},
+    "address": {"type": "str", "default": "http://127.0.0.1:8265"},
+    "env_file": {"type": "path", "default": "/etc/rayops/ray-client.env"},
+    "wait_s": {"type": "int", "default": 0},
+    "log_tail": {"type": "int", "default": 30},
+    "log_offset": {"type": "int", "default": 0},
+    # handled by the action plugin on the controller; accepted here so that both share one spec
+    "follow": {"type": "bool", "default": False},
+    "timeout_s": {"type": "int"},
+}
+
+
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "submission_id": {"type": "str", "required": True},
-            "state": {"type": "str", "choices": ["present", "status", "stopped"], "default": "status"},
-            "entrypoint": {"type": "str"},
-            "runtime_env": {"type": "dict", "default": {}},
-            "metadata": {"type": "dict", "default": {}},
-            "address": {"type": "str", "default": "http://127.0.0.1:8265"},
-            "env_file": {"type": "path", "default": "/etc/rayops/ray-client.env"},
-            "wait_s": {"type": "int", "default": 0},
-            "log_tail": {"type": "int", "default": 30},
-        },
+        argument_spec=API_ARGS,
         required_if=[("state", "present", ["entrypoint"])],
         supports_check_mode=True,
     )
     p = module.params
+    if p["wait_s"] < 0 or p["log_offset"] < 0 or p["log_tail"] < 0:
+        module.fail_json(msg="wait_s, log_offset and log_tail must be 0 or more.")
     # Ray reads RAY_AUTH_MODE and the token when it is imported: load the env file first.
     load_env_file(p["env_file"])
     try:
@@ -170,50 +251,79 @@ def main() -> None:
     try:
         client = JobSubmissionClient(p["address"])
     except Exception as err:
-        module.fail_json(msg=f"cannot reach the Ray Jobs API at {p['address']}: {err}; is ray-head running?")
+        if "Authentication" in type(err).__name__:
+            module.fail_json(
+                msg=f"The Ray Jobs API at {p['address']} refused this client ({_one_line(err)}): "
+                f"env_file ({p['env_file']}) must set RAY_AUTH_MODE=token and the head's token path."
+            )
+        module.fail_json(
+            msg=f"Cannot reach the Ray Jobs API at {p['address']} ({_one_line(err)}): "
+            "is ray-head running, and is address the head's dashboard?"
+        )
     job_id = p["submission_id"]
 
     def info() -> Any:
         try:
             return client.get_job_info(job_id)
-        except RuntimeError:
+        except RuntimeError:  # the SDK's "job does not exist"
             return None
 
     changed = False
     current = info()
     if p["state"] == "present" and current is None:
         changed = True
-        if not module.check_mode:
-            client.submit_job(
-                entrypoint=p["entrypoint"],
-                submission_id=job_id,
-                runtime_env=p["runtime_env"] or None,
-                metadata={k: str(v) for k, v in p["metadata"].items()},
-            )
-            current = info()
-    elif p["state"] == "stopped" and current is not None and str(current.status) not in _TERMINAL:
-        changed = True
-        if not module.check_mode:
-            client.stop_job(job_id)
-            current = info()
-    if current is None:
         if module.check_mode:
-            module.exit_json(changed=changed, status="PENDING", finished=False, progress="", logs_tail=[])
-        module.fail_json(msg=f"no Ray job with submission id {job_id!r} on {p['address']}")
-    status = _status(current)
-    summary = summarize_logs(client.get_job_logs(job_id), p["log_tail"])
-    deadline = time.monotonic() + p["wait_s"]
-    while p["state"] == "status" and status not in _TERMINAL and time.monotonic() < deadline:
-        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            _check_mode_exit(
+                module,
+                True,
+                "PENDING",
+                f"check mode: job {job_id} would be submitted (nothing was submitted)",
+            )
+        client.submit_job(
+            entrypoint=p["entrypoint"],
+            submission_id=job_id,
+            runtime_env=p["runtime_env"] or None,
+            metadata={k: str(v) for k, v in p["metadata"].items()},
+        )
         current = info()
+    elif p["state"] == "stopped" and current is not None and _status(current) not in _TERMINAL:
+        changed = True
+        if module.check_mode:
+            _check_mode_exit(
+                module,
+                True,
+                _status(current),
+                f"check mode: job {job_id} would be stopped (it is still running)",
+            )
+        client.stop_job(job_id)
+        current = info()
+    if current is None:
+        if module.check_mode:  # e.g. the job that check mode did not submit
+            _check_mode_exit(
+                module,
+                False,
+                "PENDING",
+                f"check mode: no Ray job {job_id} on {p['address']} (a real run submits it first)",
+            )
+        module.fail_json(msg=f"No Ray job with submission id {job_id!r} on {p['address']}.")
+    status = _status(current)
+    logs = client.get_job_logs(job_id)
+    lines, offset = new_lines(logs, p["log_offset"], status in _TERMINAL)
+    deadline = time.monotonic() + p["wait_s"]
+    while p["state"] == "status" and not lines and status not in _TERMINAL and time.monotonic() < deadline:
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        current = info()
+        if current is None:
+            module.fail_json(msg=f"The Ray job {job_id!r} disappeared from {p['address']} while followed.")
         status_now = _status(current)
-        fresh = summarize_logs(client.get_job_logs(job_id), p["log_tail"])
-        changed_state = status_now != status or fresh["progress"] != summary["progress"]
-        status, summary = status_now, fresh
-        if changed_state:
+        logs = client.get_job_logs(job_id)
+        lines, offset = new_lines(logs, p["log_offset"], status_now in _TERMINAL)
+        if status_now != status:
+            status = status_now
             break
     result: dict[str, object] = {"changed": changed, "status": status, "finished": status in _TERMINAL}
-    result.update(summary)
+    result.update(summarize_logs(logs, p["log_tail"]))
+    result.update(log_lines=lines, log_offset=offset)
     if status == "FAILED" and "error" not in result:
         result["error"] = current.message or "the job failed without a message; see logs_tail"
     module.exit_json(**result)

@@ -1,0 +1,161 @@
+"""The ray_job action plugin's follow loop, driven by a stand-in for ``_execute_module`` (the call
+that runs the module on the head): each new log line printed once, in order, with the elapsed time;
+empty lines skipped; the loop ends on a terminal status, on the timeout, or after repeated failures.
+"""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from plugin_files import load_plugin
+
+action = load_plugin("action", "ray_job")
+ELAPSED = re.compile(r"^\s*(\d+:\d\d) (\S.*)$")
+
+
+class Head:
+    """Answers status calls from a script of module results and records every call's args."""
+
+    def __init__(self, *answers: dict[str, Any]) -> None:
+        self.answers = list(answers)
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, module_args: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(dict(module_args))
+        return self.answers.pop(0)
+
+
+def answer(status: str, *lines: str, offset: int, **extra: Any) -> dict[str, Any]:
+    terminal = status in ("SUCCEEDED", "FAILED", "STOPPED")
+    return {"status": status, "finished": terminal, "log_lines": list(lines), "log_offset": offset, **extra}
+
+
+class Clock:
+    def __init__(self, step: float = 1.0) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_every_line_once_in_order_until_the_job_ends() -> None:
+    first = answer("PENDING", offset=0, changed=True)
+    head = Head(
+        answer("RUNNING", "[rayops] stage 1/5 ingest: started", "", "   ", offset=3),
+        answer("RUNNING", "[rayops] stage 1/5 ingest: done in 0.4 s", offset=4),
+        answer("RUNNING", offset=4),  # a long poll that saw nothing new
+        answer("SUCCEEDED", "[rayops] train: round 100/400", "RAYOPS_METRICS_JSON={}", offset=6, metrics={}),
+    )
+    shown: list[str] = []
+    args = {"submission_id": "j1", "state": "present", "entrypoint": "python x", "wait_s": 20}
+    final = action.follow(head, first, args, timeout_s=None, show=shown.append, clock=Clock(), started=0.0)
+    assert final["status"] == "SUCCEEDED" and final["metrics"] == {}
+    elapsed = [ELAPSED.match(line) for line in shown]
+    assert all(elapsed), shown  # every line starts with the time since the task started
+    assert [m.group(2) for m in elapsed if m] == [
+        "job j1: PENDING",
+        "job j1: RUNNING",
+        "[rayops] stage 1/5 ingest: started",
+        "[rayops] stage 1/5 ingest: done in 0.4 s",
+        "[rayops] train: round 100/400",
+        "RAYOPS_METRICS_JSON={}",
+        "job j1: SUCCEEDED",
+    ]
+    assert [m.group(1) for m in elapsed if m][:2] == ["0:01", "0:02"]
+    # each call asks for status after the lines already shown, with the task's long poll
+    assert [(c["state"], c["log_offset"], c["wait_s"]) for c in head.calls] == [
+        ("status", 0, 20),
+        ("status", 3, 20),
+        ("status", 4, 20),
+        ("status", 4, 20),
+    ]
+    assert "entrypoint" in head.calls[0]  # the other args ride along unchanged
+
+
+def test_timeout_fails_and_says_the_job_keeps_running() -> None:
+    head = Head(*[answer("RUNNING", offset=0) for _ in range(10)])
+    shown: list[str] = []
+    clock = Clock(step=30.0)
+    final = action.follow(
+        head,
+        answer("RUNNING", offset=0),
+        {"submission_id": "j2"},
+        timeout_s=100,
+        show=shown.append,
+        clock=clock,
+    )
+    assert final["failed"] is True
+    assert final["msg"] == (
+        "The Ray job j2 is still RUNNING after 100 s (timeout_s); it keeps running on the cluster: "
+        "follow it again, or stop it with state=stopped."
+    )
+    assert len(head.calls) < 5
+    assert all(1 <= c["wait_s"] <= action.DEFAULT_WAIT_S for c in head.calls)  # never waits past the timeout
+
+
+def test_a_few_failed_calls_are_retried_then_the_failure_is_returned() -> None:
+    down = {"failed": True, "msg": "Cannot reach the Ray Jobs API at http://127.0.0.1:8265 (...)"}
+    head = Head(down, answer("SUCCEEDED", "done", offset=1))
+    shown: list[str] = []
+    final = action.follow(
+        head, answer("RUNNING", offset=0), {"submission_id": "j"}, timeout_s=None, show=shown.append
+    )
+    assert final["status"] == "SUCCEEDED"
+    assert sum("status call failed, retrying" in line for line in shown) == 1
+    head = Head(*[down] * (action.STATUS_RETRIES + 1))
+    final = action.follow(
+        head, answer("RUNNING", offset=0), {"submission_id": "j"}, timeout_s=None, show=shown.append
+    )
+    assert final == down
+
+
+def _plugin(args: dict[str, Any], check_mode: bool = False) -> Any:
+    task = SimpleNamespace(args=args, action="ray_job", async_val=0, check_mode=check_mode)
+    connection = SimpleNamespace(_shell=SimpleNamespace(tmpdir="/tmp/unused"))
+    return action.ActionModule(task, connection, None, None, None, None)
+
+
+def test_action_run_follows_and_returns_what_train_yml_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = Head(
+        answer("RUNNING", "[rayops] stage 1/5 ingest: started", offset=1, changed=False, progress="x"),
+        answer("SUCCEEDED", "RAYOPS_METRICS_JSON={}", offset=2, metrics={"run_id": "r"}, progress="p"),
+    )
+    shown: list[str] = []
+    monkeypatch.setattr(action.display, "display", shown.append)
+    plugin = _plugin({"submission_id": "j", "state": "status", "follow": True, "wait_s": 5})
+    plugin._execute_module = lambda module_name, module_args, task_vars: head(
+        {**module_args, "_name": module_name}
+    )
+    result = plugin.run(task_vars={})
+    assert {k: result[k] for k in ("status", "finished", "metrics", "progress", "changed")} == {
+        "status": "SUCCEEDED",
+        "finished": True,
+        "metrics": {"run_id": "r"},
+        "progress": "p",
+        "changed": False,
+    }
+    assert "log_lines" not in result and result["elapsed_s"] >= 0
+    assert [c["_name"] for c in head.calls] == ["ray_job", "ray_job"]
+    assert all("follow" not in c and "timeout_s" not in c for c in head.calls)  # the plugin's own options
+    assert any("[rayops] stage 1/5 ingest: started" in line for line in shown)
+
+
+def test_action_in_check_mode_or_without_follow_calls_the_module_once() -> None:
+    for args, check_mode in (({"submission_id": "j", "follow": True}, True), ({"submission_id": "j"}, False)):
+        head = Head(answer("PENDING", offset=0, msg="check mode: no Ray job j"))
+        plugin = _plugin(args, check_mode=check_mode)
+        plugin._execute_module = lambda module_name, module_args, task_vars, head=head: head(module_args)
+        result = plugin.run(task_vars={})
+        assert len(head.calls) == 1 and result["status"] == "PENDING"
+        if check_mode:
+            assert result["msg"] == "check mode: no Ray job j; check mode: the job is not followed"
+
+
+def test_action_rejects_a_non_positive_timeout() -> None:
+    plugin = _plugin({"submission_id": "j", "follow": True, "timeout_s": 0})
+    result = plugin.run(task_vars={})
+    assert result == {"failed": True, "msg": "timeout_s must be a positive number of seconds."}
