@@ -7,6 +7,7 @@ started, the venv's tools first on PATH, and plain (uncoloured) output that can 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,3 +24,19 @@ def ansible_env(**overrides: str) -> dict[str, str]:
         "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         **overrides,
     }
+
+
+def run_ansible(tool: str, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a venv Ansible tool (``ansible-playbook``, ...) in the repository with ansible_env(**env).
+
+    Returns the finished process (text output captured, never raises on a non-zero exit).
+    """
+    return subprocess.run(
+        [str(BIN / tool), *args],
+        cwd=REPO,
+        env=ansible_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

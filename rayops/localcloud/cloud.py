@@ -39,6 +39,10 @@ from rayops.localcloud.state import (
     Machine,
 )
 
+# What Ray may schedule on each machine (the contract's ray_resources): 1 CPU, 2 GiB for tasks, 512 MiB of
+# object store, so three nodes fit on a 2-core laptop (the machines' facts show the whole host).
+RAY_RESOURCES = {"num_cpus": 1, "memory": 2 * 1024**3, "object_store_memory": 512 * 1024**2}
+
 # The names the tests, benchmarks and the CLI import from here.
 __all__ = [
     "BOOT_TIMEOUT_S",
@@ -192,6 +196,8 @@ class LocalCloud:
                     "public_ip": None,
                     "instance_id": f"nspawn-{m.name}",
                     "instance_type": "nspawn",
+                    # Every machine sees all of the host's cores and memory: Ray gets a small, fixed share.
+                    "ray_resources": dict(RAY_RESOURCES),
                 }
                 for m in nodes
             ],
