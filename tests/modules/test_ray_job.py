@@ -2,9 +2,9 @@
 offset) and main() end to end against a stand-in for the Ray Jobs SDK's JobSubmissionClient.
 
 main() runs for real (AnsibleModule, argument spec, check mode, exit/fail JSON); only the SDK's
-client class is replaced, at the import the module does (``ray.job_submission``). A real Jobs API
-needs a Ray head with its dashboard: ~1.5 GB and tens of seconds on this 2-core host per start, so
-the cluster tests (tests/cluster/test_train_flow.py) are where the real API is exercised.
+client class is replaced, at the import the module does (``ray.job_submission``), so that each case
+(an unreachable API, a job that fails, logs that grow between calls) is exact and takes milliseconds.
+test_ray_job_real.py runs the module and its action plugin against a real Jobs API.
 """
 
 from __future__ import annotations
