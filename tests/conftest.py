@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from rayops.ansible_env import REPO
 from rayops.localcloud.cloud import CloudSpec, LocalCloud
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "powerconsumption.csv"
 
 

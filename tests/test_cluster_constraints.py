@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from rayops.ansible_env import REPO
+
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]+\])?==([A-Za-z0-9.+!_-]+)$")
 DEFAULTS = yaml.safe_load((REPO / "roles/ray_node/defaults/main.yml").read_text())
 

@@ -2,7 +2,7 @@
 
 The nodes get temporary credentials from the instance profile through IMDSv2; there are no
 access keys anywhere. The role's only policy allows the bucket and object actions the training
-job, Ray Train checkpoints and the Serve app need, on the cluster's four buckets and their
+job (its data, features, models and results) needs, on the cluster's four buckets and their
 objects, and nothing else: no ``*FullAccess`` managed policy, no ``s3:*``, no wildcard resource.
 """
 

@@ -1,8 +1,8 @@
 """Network: a VPC with public subnet(s), an internet gateway and the cluster's security group.
 
 Inbound traffic is SSH from ``allowed_ssh_cidrs`` and traffic between members of the security
-group (Ray's GCS, object manager and worker ports). Nothing else: the Ray dashboard, JupyterLab,
-Serve, Prometheus and MLflow are reached through an SSH tunnel, never through an open port
+group (Ray's GCS, object manager and worker ports). Nothing else: the Ray dashboard and JupyterLab
+(and every service bound to the head's loopback) are reached through an SSH tunnel, never an open port
 (ShadowRay, CVE-2023-48022, came from Ray ports open to the internet).
 """
 

@@ -2,93 +2,12 @@
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from cluster_helpers import RayCluster
 
-from rayops.ansible_env import BIN, REPO, ansible_env
 from rayops.localcloud.cloud import CloudSpec, LocalCloud
-
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
-
-
-@dataclass
-class RayCluster:
-    cloud: LocalCloud
-    inventory: Path
-
-    @property
-    def head(self) -> str:
-        return f"{self.cloud.spec.name}-head"
-
-    @property
-    def workers(self) -> list[str]:
-        return [m.name for m in self.cloud.spec.machines() if m.role == "worker"]
-
-    def playbook(self, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", str(self.inventory), *args],
-            cwd=REPO,
-            env=ansible_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        sys.stdout.write(proc.stdout[-4000:])
-        return proc
-
-    def ssh(self, machine: str, command: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
-        """Run ``command`` as root on a machine (the login user has passwordless sudo)."""
-        argv = self.cloud.ssh_command(self.cloud.machine(machine), "sudo", "bash", "-c", _quote(command))
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-
-    def unit_invocation(self, machine: str, unit: str) -> str:
-        out = self.ssh(machine, f"systemctl show --value --property=InvocationID {unit}")
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
-
-    def alive_nodes(self) -> int | None:
-        """Alive nodes per `ray status` on the head, or None while the head does not answer."""
-        out = self.ssh(
-            self.head,
-            "sudo -u ray bash -c 'set -a; . /etc/rayops/ray-client.env; set +a; "
-            "timeout 30 /opt/rayops/venv/bin/ray status'",
-            timeout=60,
-        )
-        if out.returncode != 0:
-            return None
-        section = out.stdout.split("Pending:")[0]
-        return len(re.findall(r"node_[0-9a-f]+", section))
-
-    def wait_alive(self, count: int, deadline_s: float) -> float:
-        """Wait until ``count`` nodes are alive; return the seconds it took, fail after ``deadline_s``."""
-        start = time.monotonic()
-        while time.monotonic() - start < deadline_s:
-            if self.alive_nodes() == count:
-                return time.monotonic() - start
-            time.sleep(2)
-        raise AssertionError(
-            f"{count} nodes were not alive within {deadline_s:.0f} s (last: {self.alive_nodes()})"
-        )
-
-
-def _quote(command: str) -> str:
-    return "'" + command.replace("'", "'\"'\"'") + "'"
-
-
-def recap(stdout: str) -> dict[str, dict[str, int]]:
-    """PLAY RECAP counters per host."""
-    return {
-        host: {"changed": int(changed), "unreachable": int(unreachable), "failed": int(failed)}
-        for host, changed, unreachable, failed in RECAP.findall(stdout)
-    }
 
 
 @pytest.fixture(scope="session")

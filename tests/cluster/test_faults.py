@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import RayCluster, recap
+from cluster_helpers import RayCluster, recap
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 

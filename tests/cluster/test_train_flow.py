@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, RayCluster
+from cluster_helpers import REPO, RayCluster
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 DATASET = REPO.parent / "shared" / "data" / "powerconsumption.csv"
