@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -17,9 +18,10 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     One per session: the fault tests leave it healthy, and the training tests run on it after them.
     """
     state = tmp_path_factory.mktemp("fault") / "state"
-    cloud = LocalCloud(
-        CloudSpec(name="rfault", workers=2, subnet="10.213.171.0/24", s3_port=5771, state_dir=str(state))
-    )
+    # RAYOPS_TEST_CLUSTER="name subnet port": a second engineer's run gets a cloud of its own on this host.
+    name, subnet, port = os.environ.get("RAYOPS_TEST_CLUSTER", "rfault 10.213.171.0/24 5771").split()
+    spec = CloudSpec(name=name, workers=2, subnet=subnet, s3_port=int(port), state_dir=str(state))
+    cloud = LocalCloud(spec)
     cloud.up()  # cleans up after itself on failure; never touches a cloud of the same name it did not make
     try:
         inventory = state / "cluster.pulumi_stack.yml"
