@@ -16,6 +16,10 @@ SUBNET ?= 10.213.7.0/24
 S3_PORT ?= 5599
 TARGET_ZONE ?= 1
 LOCAL_INVENTORY := inventory/local.pulumi_stack.yml
+# Extra ansible-playbook arguments for make site/train, e.g. make site EXTRA='-e ray_service_num_cpus=2'
+EXTRA ?=
+# make site/train without a local cloud: one sentence, not Ansible's inventory errors.
+LOCAL_CHECK = test -f .rayops/local/outputs.json || { echo "$@: there is no local cloud here (.rayops/local/outputs.json is missing): run \`make local-up\` first" >&2; exit 1; }
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k plugin"
 PYTEST_ARGS ?=
 
@@ -44,7 +48,7 @@ lint: setup ## ruff, mypy, yamllint, ansible-lint
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/yamllint -s .
-	ANSIBLE_INVENTORY=$(abspath ansible/lint-inventory.yml) PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint
+	ANSIBLE_INVENTORY=$(abspath ansible/lint-inventory.yml) ANSIBLE_INVENTORY_ENABLED=yaml PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint
 
 test: setup ## Run every test (lint, pytest incl. local cloud, faults and end to end, Molecule); needs root
 	$(MAKE) --no-print-directory lint
@@ -68,14 +72,16 @@ test-unit: setup ## Only the tests that need no local cloud
 
 local: setup local-up site train ## The whole flow on the local cloud: boot it, site.yml, train.yml
 
-site: setup ## Run site.yml on the local cloud (a healthy Ray cluster under systemd)
-	$(BIN)/ansible-playbook -i $(LOCAL_INVENTORY) site.yml
+site: setup ## Run site.yml on the local cloud (a healthy Ray cluster under systemd; EXTRA='-e k=v ...')
+	@$(LOCAL_CHECK)
+	$(BIN)/ansible-playbook -i $(LOCAL_INVENTORY) site.yml $(EXTRA)
 
 # DATASET=/path/to/powerconsumption.csv (or s3://, https://); default: the cache in data/, else the UCI download.
 train: setup ## Run train.yml on the local cloud (DATASET=... TARGET_ZONE=1)
+	@$(LOCAL_CHECK)
 	@dataset=$$($(BIN)/python -m rayops.workflow resolve-dataset) || exit 1; \
 	echo "train: dataset $$dataset"; \
-	$(BIN)/ansible-playbook -i $(LOCAL_INVENTORY) train.yml -e "dataset=$$dataset" -e "target_zone=$(TARGET_ZONE)"
+	$(BIN)/ansible-playbook -i $(LOCAL_INVENTORY) train.yml -e "dataset=$$dataset" -e "target_zone=$(TARGET_ZONE)" $(EXTRA)
 
 local-up: setup ## Boot the local cloud (WORKERS=2 SUBNET=10.213.7.0/24 S3_PORT=5599)
 	$(BIN)/rayops-local up --workers $(WORKERS) --subnet $(SUBNET) --s3-port $(S3_PORT)

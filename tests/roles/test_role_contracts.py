@@ -110,6 +110,7 @@ def _preflight(tmp_path: Path, *extra: str, host_vars: dict[str, dict[str, Any]]
         "preflight",
         *extra,
         ANSIBLE_CACHE_PLUGIN="memory",
+        ANSIBLE_INVENTORY_ENABLED="yaml",
     )
     # Facts of these fake nodes stay in memory: none reach ansible.cfg's jsonfile cache, where a later
     # run against hosts of the same name would read them.
