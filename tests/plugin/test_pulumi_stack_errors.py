@@ -270,23 +270,36 @@ def test_cli_missing(tmp_path, monkeypatch):
     assert "`outputs_file:`" in str(error)
 
 
+# The Pulumi CLI's own wording (it prints "error: " + the error and exits 255), taken from its source,
+# github.com/pulumi/pulumi:
+# - login: pkg/backend/backenderr/backenderr.go, MissingEnvVarForNonInteractiveError.Error() (returned by
+#   Login in pkg/backend/httpstate/backend.go when not interactive and PULUMI_ACCESS_TOKEN is unset);
+# - stack: pkg/cmd/pulumi/stack/io.go, RequireStack: fmt.Errorf("no stack named '%s' found", stackName);
+# - passphrase: pkg/secrets/passphrase/manager.go, readPassphrase, wrapped by
+#   NewPromptingPassphraseSecretsManagerFromState ("constructing secrets manager: %w");
+# - project: sdk/go/common/workspace/paths.go, DetectProjectPathFrom (wraps ErrProjectNotFound).
+# Only the last case ("other") is made up: it stands for any message the plugin does not recognise.
+REAL_CLI_ERRORS = {
+    "not-logged-in": "error: PULUMI_ACCESS_TOKEN must be set for login during non-interactive CLI sessions\n",
+    "stack-not-found": "error: no stack named 'dev' found\n",
+    "passphrase": (
+        "error: constructing secrets manager: passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
+        "PULUMI_CONFIG_PASSPHRASE_FILE environment variables\n"
+    ),
+    "no-project": (
+        "error: no Pulumi.yaml project file found (searching upwards from /x). If you have not created a "
+        "project yet, use `pulumi new` to do so: no project file found\n"
+    ),
+}
+
+
 @pytest.mark.parametrize(
     ("stderr", "expected"),
     [
-        (
-            "error: PULUMI_ACCESS_TOKEN must be set for login during non-interactive CLI sessions\n",
-            "the Pulumi CLI is not logged in: run `pulumi login`",
-        ),
-        ("error: no stack named 'dev' found\n", "Pulumi has no stack 'dev' for the project in"),
-        (
-            "error: getting secrets manager: passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
-            "PULUMI_CONFIG_PASSPHRASE_FILE environment variables\n",
-            "set PULUMI_CONFIG_PASSPHRASE",
-        ),
-        (
-            "error: no Pulumi.yaml project file found (searching upwards from /x)\n",
-            "there is no Pulumi project (Pulumi.yaml) in",
-        ),
+        (REAL_CLI_ERRORS["not-logged-in"], "the Pulumi CLI is not logged in: run `pulumi login`"),
+        (REAL_CLI_ERRORS["stack-not-found"], "Pulumi has no stack 'dev' for the project in"),
+        (REAL_CLI_ERRORS["passphrase"], "set PULUMI_CONFIG_PASSPHRASE"),
+        (REAL_CLI_ERRORS["no-project"], "there is no Pulumi project (Pulumi.yaml) in"),
         (
             "warning: something\nerror: the backend exploded\n",
             "failed for stack 'dev' in {project} with exit code 255: error: the backend exploded",
