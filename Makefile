@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rayops-setup
-APT_PACKAGES := systemd-container debootstrap iptables iproute2 openssh-client
+APT_PACKAGES := systemd-container debootstrap iptables iproute2 openssh-client chromium chromium-driver
 
 # Local cloud knobs (see README): make local-up WORKERS=3 SUBNET=10.213.8.0/24 S3_PORT=5600
 WORKERS ?= 2

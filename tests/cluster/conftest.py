@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -32,3 +36,48 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         yield cluster
     finally:
         cloud.down()
+
+
+@pytest.fixture(scope="session")
+def site_output(ray_cluster: RayCluster) -> str:
+    """The output of a no-change site.yml on the converged cluster, whitespace folded to single spaces."""
+    run = ray_cluster.playbook("site.yml")
+    assert run.returncode == 0, run.stdout[-3000:]
+    return " ".join(run.stdout.split())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tunnel(site_output: str) -> Iterator[dict[str, int]]:
+    """site.yml's printed tunnel, run as printed but with free local ports: {"dashboard": port, ...}."""
+    match = re.search(r"Tunnel \(leave it running\): (ssh -N .*?@\d+\.\d+\.\d+\.\d+)", site_output)
+    assert match, site_output[-3000:]
+    ports = {"dashboard": _free_port(), "jupyterlab": _free_port()}
+    command = match.group(1)
+    for name, remote in (("dashboard", 8265), ("jupyterlab", 8888)):
+        printed = f"-L {remote}:127.0.0.1:{remote}"
+        assert printed in command, command
+        command = command.replace(printed, f"-L {ports[name]}:127.0.0.1:{remote}")
+    command = command.replace("ssh -N", "ssh -N -o ExitOnForwardFailure=yes", 1)
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (
+                f"the printed tunnel exited: {proc.stderr.read() if proc.stderr else ''}"
+            )
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", ports["dashboard"])) == 0:
+                    break
+            time.sleep(0.5)
+        yield ports
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -6,11 +6,11 @@ in all (a no-change site.yml for its output, two small jobs)."""
 
 from __future__ import annotations
 
+import json
 import re
-import socket
+import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +19,6 @@ from cluster_helpers import REPO, RayCluster
 from rayops.ansible_env import BIN, ansible_env
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def site_output(ray_cluster: RayCluster) -> str:
-    """The output of a no-change site.yml on the converged cluster, whitespace folded to single spaces."""
-    run = ray_cluster.playbook("site.yml")
-    assert run.returncode == 0, run.stdout[-3000:]
-    return " ".join(run.stdout.split())
 
 
 def _secret(ray_cluster: RayCluster, name: str) -> Path:
@@ -68,43 +60,6 @@ def test_login_user_runs_ray_status_list_and_job_list_on_the_head(ray_cluster: R
     assert mode.stdout.split() == ["640", "root", "ray"], mode.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def tunnel(site_output: str) -> Iterator[int]:
-    """site.yml's printed tunnel command, run as printed but with a free local port for the dashboard."""
-    match = re.search(r"Tunnel \(leave it running\): (ssh -N .*?@\d+\.\d+\.\d+\.\d+)", site_output)
-    assert match, site_output[-3000:]
-    local = _free_port()
-    command = match.group(1).replace("-L 8265:127.0.0.1:8265", f"-L {local}:127.0.0.1:8265")
-    assert f"-L {local}:" in command, command
-    command = command.replace("-L 8888:127.0.0.1:8888", f"-L {_free_port()}:127.0.0.1:8888")
-    proc = subprocess.Popen(
-        ["bash", "-c", f"exec {command} -o ExitOnForwardFailure=yes"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (
-                f"the printed tunnel exited: {proc.stderr.read() if proc.stderr else ''}"
-            )
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", local)) == 0:
-                    break
-            time.sleep(0.5)
-        yield local
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def _submit(ray_cluster: RayCluster, port: int, *argv: str) -> subprocess.CompletedProcess[str]:
     env = ansible_env(
         RAY_ADDRESS=f"http://127.0.0.1:{port}",
@@ -124,11 +79,11 @@ def _submit(ray_cluster: RayCluster, port: int, *argv: str) -> subprocess.Comple
     return proc
 
 
-def test_ray_job_submit_python_through_the_tunnel(ray_cluster: RayCluster, tunnel: int) -> None:
+def test_ray_job_submit_python_through_the_tunnel(ray_cluster: RayCluster, tunnel: dict[str, int]) -> None:
     """Ray's documented form, `ray job submit -- python ...`, from the controller through the tunnel."""
     proc = _submit(
         ray_cluster,
-        tunnel,
+        tunnel["dashboard"],
         "--",
         "python",
         "-c",
@@ -138,11 +93,13 @@ def test_ray_job_submit_python_through_the_tunnel(ray_cluster: RayCluster, tunne
     assert "CPUS 3.0" in proc.stdout, proc.stdout[-3000:]
 
 
-def test_ray_job_submit_with_a_working_dir(ray_cluster: RayCluster, tunnel: int, tmp_path: Path) -> None:
+def test_ray_job_submit_with_a_working_dir(
+    ray_cluster: RayCluster, tunnel: dict[str, int], tmp_path: Path
+) -> None:
     (tmp_path / "mymodule.py").write_text("ANSWER = 41\n", encoding="utf-8")
     proc = _submit(
         ray_cluster,
-        tunnel,
+        tunnel["dashboard"],
         "--working-dir",
         str(tmp_path),
         "--",
@@ -152,3 +109,42 @@ def test_ray_job_submit_with_a_working_dir(ray_cluster: RayCluster, tunnel: int,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "answer 42" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_train_yml_shows_every_stage_once_in_order_and_takes_train_params(ray_cluster: RayCluster) -> None:
+    """train.yml's output: each stage's start and end once, in order, boosting progress every report_every
+    rounds, the promotion decision; train_params reach the run. Zone 3, so zone 1's runs (test_train_flow)
+    are untouched. ~45 s."""
+    dataset = REPO.parent / "shared" / "data" / "powerconsumption.csv"
+    params = '{"train_params": {"num_boost_round": 60, "report_every": 20}}'
+    run = ray_cluster.playbook(
+        "train.yml",
+        "-e",
+        f"dataset={dataset}",
+        "-e",
+        "target_zone=3",
+        "-e",
+        "train_run_id=tools-z3",
+        "-e",
+        params,
+    )
+    assert run.returncode == 0, run.stdout[-4000:]
+    out = " ".join(run.stdout.split())
+    stages = ["ingest", "features", "train", "evaluate", "artifacts"]
+    marks = [
+        f"stage {i}/5 {name}: {what}" for i, name in enumerate(stages, 1) for what in ("started", "done in")
+    ]
+    positions = []
+    for mark in marks:
+        assert out.count(mark) == 1, f"{mark!r} appears {out.count(mark)} times"
+        positions.append(out.index(mark))
+    assert positions == sorted(positions), "stage lines out of order"
+    rounds = re.findall(r"train: round (\d+)/60 holdout", out)
+    assert rounds == ["20", "40"], rounds  # every report_every rounds (the last is in the final metrics)
+    assert re.search(r"evaluate: (promote|do not promote: )", out), out[-3000:]
+    kept = REPO / ".rayops" / "runs" / "tools-z3"
+    try:
+        metrics = json.loads((kept / "metrics.json").read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+    assert metrics["params"]["num_boost_round"] == 60, metrics["params"]
