@@ -81,14 +81,8 @@ def _submit(ray_cluster: RayCluster, port: int, *argv: str) -> subprocess.Comple
 
 def test_ray_job_submit_python_through_the_tunnel(ray_cluster: RayCluster, tunnel: dict[str, int]) -> None:
     """Ray's documented form, `ray job submit -- python ...`, from the controller through the tunnel."""
-    proc = _submit(
-        ray_cluster,
-        tunnel["dashboard"],
-        "--",
-        "python",
-        "-c",
-        "import ray; ray.init(); print('CPUS', ray.cluster_resources()['CPU'])",
-    )
+    code = "import ray; ray.init(); print('CPUS', ray.cluster_resources()['CPU'])"
+    proc = _submit(ray_cluster, tunnel["dashboard"], "--", "python", "-c", code)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "CPUS 3.0" in proc.stdout, proc.stdout[-3000:]
 
@@ -97,15 +91,9 @@ def test_ray_job_submit_with_a_working_dir(
     ray_cluster: RayCluster, tunnel: dict[str, int], tmp_path: Path
 ) -> None:
     (tmp_path / "mymodule.py").write_text("ANSWER = 41\n", encoding="utf-8")
+    code = "import mymodule; print('answer', mymodule.ANSWER + 1)"
     proc = _submit(
-        ray_cluster,
-        tunnel["dashboard"],
-        "--working-dir",
-        str(tmp_path),
-        "--",
-        "python",
-        "-c",
-        "import mymodule; print('answer', mymodule.ANSWER + 1)",
+        ray_cluster, tunnel["dashboard"], "--working-dir", str(tmp_path), "--", "python", "-c", code
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "answer 42" in proc.stdout, proc.stdout[-3000:]

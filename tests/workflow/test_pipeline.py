@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import workflow_synth as synth
 import xgboost
-from workflow_helpers import free_port, make_buckets, metrics_line, run_cli
+from workflow_helpers import data_args, free_port, make_buckets, metrics_line, run_cli
 
 from rayops.workflow import evaluate, features, pipeline
 from rayops.workflow.cli import METRICS_PREFIX
@@ -73,12 +73,7 @@ def good_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Ru
     dataset.write_bytes(synth.csv_bytes(synth.frame(days=35)))
     output = folder / "out" / "metrics.json"
     proc = run_cli(
-        "--dataset",
-        str(dataset),
-        "--buckets",
-        json.dumps(buckets.to_dict()),
-        "--s3-endpoint-url",
-        moto_endpoint,
+        *data_args(dataset, buckets.to_dict(), moto_endpoint),
         "--run-id",
         "good-1",
         "--git-sha",
@@ -94,12 +89,7 @@ def good_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Ru
 def rerun(good_run: Run, run_id: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """The good run's data and buckets again, as run ``run_id``, with ``extra`` options."""
     return run_cli(
-        "--dataset",
-        str(good_run.dataset),
-        "--buckets",
-        json.dumps(good_run.buckets.to_dict()),
-        "--s3-endpoint-url",
-        good_run.endpoint,
+        *data_args(good_run.dataset, good_run.buckets.to_dict(), good_run.endpoint),
         "--run-id",
         run_id,
         *SMALL,
@@ -247,12 +237,7 @@ def test_bad_data_is_refused_before_anything_is_written(good_run: Run, s3: Any, 
     current = s3.head_object(Bucket=b.models, Key="zone1/current.json")["VersionId"]
 
     proc = run_cli(
-        "--dataset",
-        str(bad),
-        "--buckets",
-        json.dumps(b.to_dict()),
-        "--s3-endpoint-url",
-        good_run.endpoint,
+        *data_args(bad, b.to_dict(), good_run.endpoint),
         *SMALL,
     )
     assert proc.returncode == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from workflow_helpers import make_buckets, metrics_line, run_cli
+from workflow_helpers import data_args, make_buckets, metrics_line, run_cli
 
 from rayops.workflow.config import SEED_REFERENCE
 
@@ -22,12 +22,7 @@ def test_full_dataset_beats_the_seed(moto_endpoint: str, s3: Any, tmp_path: Path
     buckets = make_buckets(s3)
     output = tmp_path / "metrics.json"
     proc = run_cli(
-        "--dataset",
-        str(SHARED_DATA),
-        "--buckets",
-        json.dumps(buckets.to_dict()),
-        "--s3-endpoint-url",
-        moto_endpoint,
+        *data_args(SHARED_DATA, buckets.to_dict(), moto_endpoint),
         "--run-id",
         "full-data",
         "--local-cpus",

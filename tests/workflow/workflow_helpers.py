@@ -8,13 +8,11 @@ import socket
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
+from rayops.ansible_env import REPO
 from rayops.workflow.cli import METRICS_PREFIX
 from rayops.workflow.config import Buckets
-
-REPO = Path(__file__).resolve().parents[2]
 
 TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -55,6 +53,12 @@ def run_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
         cwd=REPO,
         check=False,
     )
+
+
+def data_args(dataset: object, buckets: Any, endpoint: str) -> list[str]:
+    """The workflow CLI's data options: a dataset, the buckets (a dict or Buckets), the S3 endpoint."""
+    mapping = buckets.to_dict() if isinstance(buckets, Buckets) else buckets
+    return ["--dataset", str(dataset), "--buckets", json.dumps(mapping), "--s3-endpoint-url", endpoint]
 
 
 def metrics_line(stdout: str) -> dict[str, Any]:
