@@ -12,7 +12,7 @@ description:
   - O(state=present) submits the job once per O(submission_id); running it again does not resubmit.
   - O(state=status) returns the job's status, its last progress line, the log lines after
     O(log_offset) and, when it has finished, the metrics it printed as a C(RAYOPS_METRICS_JSON=...) line.
-  - The action plugin of the same name adds O(follow) (with O(timeout_s)) on the controller: it calls
+  - The action plugin of the same name adds O(follow) (with O(timeout_s)) on the controller, which calls
     this module with O(state=status) and a growing O(log_offset) until the job ends, printing every
     new log line once, in order, with the elapsed time.
   - Token authentication is read from O(env_file) (KEY=VALUE lines); its values are never returned.
