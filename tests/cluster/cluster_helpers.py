@@ -30,6 +30,14 @@ class RayCluster:
     def workers(self) -> list[str]:
         return [m.name for m in self.cloud.spec.machines() if m.role == "worker"]
 
+    def secret_file(self, name: str) -> Path:
+        """The controller's file of a token site.yml made for this cluster (.rayops/secrets/<cluster>/)."""
+        return REPO / ".rayops" / "secrets" / self.cloud.spec.name / name
+
+    def secret(self, name: str) -> str:
+        """That token itself."""
+        return self.secret_file(name).read_text(encoding="utf-8").strip()
+
     def playbook(self, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [str(BIN / "ansible-playbook"), "-i", str(self.inventory), *args],

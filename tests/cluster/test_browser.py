@@ -70,9 +70,7 @@ def test_dashboard_asks_for_the_token_then_lists_every_node_alive(
 ) -> None:
     from selenium.webdriver.common.by import By
 
-    token = (
-        (REPO / ".rayops" / "secrets" / ray_cluster.cloud.spec.name / "ray_auth_token").read_text().strip()
-    )
+    token = ray_cluster.secret("ray_auth_token")
     base = f"http://127.0.0.1:{tunnel['dashboard']}"
     browser.get(base + "/")
     box = '[placeholder="Enter your authentication token"]'
@@ -95,7 +93,7 @@ def test_dashboard_asks_for_the_token_then_lists_every_node_alive(
 def test_jupyterlab_shows_the_rayops_kernel_and_the_workflow_notebook(
     ray_cluster: RayCluster, tunnel: dict[str, int], browser: Any
 ) -> None:
-    token = (REPO / ".rayops" / "secrets" / ray_cluster.cloud.spec.name / "jupyter_token").read_text().strip()
+    token = ray_cluster.secret("jupyter_token")
     browser.get(f"http://127.0.0.1:{tunnel['jupyterlab']}/lab?token={token}")
     took = _wait(
         browser,

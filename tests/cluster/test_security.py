@@ -26,11 +26,6 @@ RUN_ID = "rsec-s3-params"
 PY = "/opt/rayops/venv/bin/python"
 
 
-def secret(ray_cluster: RayCluster, name: str) -> str:
-    path = REPO / ".rayops" / "secrets" / ray_cluster.cloud.spec.name / name
-    return path.read_text(encoding="utf-8").strip()
-
-
 def http_status(url: str, headers: dict[str, str] | None = None) -> int:
     """The HTTP status of a GET (an error status is an answer too)."""
     request = urllib.request.Request(url, headers=headers or {})  # noqa: S310  (http to a test machine)
@@ -66,7 +61,7 @@ def statuses_on_head(ray_cluster: RayCluster, url: str, headers: list[dict[str, 
 
 def check_refused_without_token(ray_cluster: RayCluster, url: str, scheme: str, secret_name: str) -> None:
     """GET ``url`` on the head: no Authorization and a wrong token are refused, the token is let in."""
-    token = secret(ray_cluster, secret_name)
+    token = ray_cluster.secret(secret_name)
     none, wrong, right = statuses_on_head(
         ray_cluster,
         url,
@@ -166,7 +161,7 @@ def test_train_yml_reads_an_s3_dataset_and_applies_train_params(
 
 
 def job_logs(ray_cluster: RayCluster, submission_id: str) -> str:
-    token = secret(ray_cluster, "ray_auth_token")
+    token = ray_cluster.secret("ray_auth_token")
     code = (
         "import json, sys, urllib.request\n"
         f"r = urllib.request.Request('http://127.0.0.1:8265/api/jobs/{submission_id}/logs',"
@@ -197,7 +192,7 @@ def test_no_token_in_site_train_or_job_output(
 
 def check_no_token_in(ray_cluster: RayCluster, outputs: dict[str, str]) -> None:
     for name in ("ray_auth_token", "jupyter_token"):
-        token = secret(ray_cluster, name)
+        token = ray_cluster.secret(name)
         assert len(token) >= 16, name
         for where, text in outputs.items():
             assert token not in text, f"the {name} is printed in {where}"
@@ -211,7 +206,7 @@ def test_the_printed_tunnel_reaches_the_dashboard_and_jupyterlab(
 ) -> None:
     """Through the `ssh -L` command site.yml prints (run by the session's tunnel fixture, local ports
     swapped for free ones): the dashboard and JupyterLab answer, and each asks for its own token."""
-    ray_token, jupyter_token = secret(ray_cluster, "ray_auth_token"), secret(ray_cluster, "jupyter_token")
+    ray_token, jupyter_token = ray_cluster.secret("ray_auth_token"), ray_cluster.secret("jupyter_token")
     jobs = f"http://127.0.0.1:{tunnel['dashboard']}/api/jobs/"
     kernels = f"http://127.0.0.1:{tunnel['jupyterlab']}/api/kernels"
     assert http_status(jobs) in (401, 403)  # reached: the dashboard itself refuses

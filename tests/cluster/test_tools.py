@@ -21,14 +21,13 @@ from rayops.ansible_env import BIN, ansible_env
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
 
-def _secret(ray_cluster: RayCluster, name: str) -> Path:
-    return REPO / ".rayops" / "secrets" / ray_cluster.cloud.spec.name / name
-
-
 def test_site_says_where_each_token_lives_and_never_prints_one(
     ray_cluster: RayCluster, site_output: str
 ) -> None:
-    ray_token, jupyter_token = _secret(ray_cluster, "ray_auth_token"), _secret(ray_cluster, "jupyter_token")
+    ray_token, jupyter_token = (
+        ray_cluster.secret_file("ray_auth_token"),
+        ray_cluster.secret_file("jupyter_token"),
+    )
     assert (
         f"it asks for the cluster token: paste the contents of {ray_token} on the controller" in site_output
     )
@@ -64,7 +63,7 @@ def _submit(ray_cluster: RayCluster, port: int, *argv: str) -> subprocess.Comple
     env = ansible_env(
         RAY_ADDRESS=f"http://127.0.0.1:{port}",
         RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN_PATH=str(_secret(ray_cluster, "ray_auth_token")),
+        RAY_AUTH_TOKEN_PATH=str(ray_cluster.secret_file("ray_auth_token")),
     )
     start = time.monotonic()
     proc = subprocess.run(
