@@ -34,11 +34,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
     """A three-machine cloud of its own (name, subnet and port apart from the user's), always removed."""
+    # RAYOPS_TEST_CLOUD="name subnet port": a second engineer's run on this host gets a cloud of its own.
+    name, subnet, port = os.environ.get("RAYOPS_TEST_CLOUD", "rtest 10.213.50.0/24 5650").split()
     spec = CloudSpec(
-        name="rtest",
+        name=name,
         workers=2,
-        subnet="10.213.50.0/24",
-        s3_port=5650,
+        subnet=subnet,
+        s3_port=int(port),
         state_dir=str(tmp_path_factory.mktemp("cloud") / "state"),
     )
     cloud = LocalCloud(spec)
