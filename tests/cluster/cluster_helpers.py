@@ -12,7 +12,10 @@ from pathlib import Path
 from rayops.ansible_env import BIN, REPO, ansible_env
 from rayops.localcloud.cloud import LocalCloud
 
-__all__ = ["REPO", "RayCluster", "recap"]
+__all__ = ["DATASET", "REPO", "RayCluster", "recap"]
+
+# The seed lab's dataset: CI runs with ../shared beside the repo.
+DATASET = REPO.parent / "shared" / "data" / "powerconsumption.csv"
 
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 

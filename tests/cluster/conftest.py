@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
-from cluster_helpers import RayCluster
+from cluster_helpers import DATASET, REPO, RayCluster
 
 from rayops.localcloud.cloud import CloudSpec, LocalCloud
 
@@ -36,6 +40,28 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         yield cluster
     finally:
         cloud.down()
+
+
+@pytest.fixture(scope="session")
+def runs_dir() -> Iterator[Path]:
+    """The controller's copies of the runs (.rayops/runs/<id>/); the ones this session made go after it."""
+    runs = REPO / ".rayops" / "runs"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    yield runs
+    for run in set(runs.iterdir()) - before if runs.is_dir() else ():
+        shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def first_run(ray_cluster: RayCluster, runs_dir: Path) -> dict[str, Any]:
+    """train.yml's first run on the session cluster (promoted); the serving and tracking tests use it too."""
+    if not DATASET.exists():
+        pytest.fail(f"{DATASET} is missing: CI must run with ../shared beside the repo")
+    proc = ray_cluster.playbook("train.yml", "-e", f"dataset={DATASET}", "-e", "train_run_id=e2e-first")
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+    metrics: dict[str, Any] = json.loads((runs_dir / "e2e-first" / "metrics.json").read_text())
+    metrics["_play_output"] = proc.stdout
+    return metrics
 
 
 @pytest.fixture(scope="session")

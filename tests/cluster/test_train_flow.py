@@ -7,23 +7,19 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import REPO, RayCluster
+from cluster_helpers import DATASET, RayCluster
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
-DATASET = REPO.parent / "shared" / "data" / "powerconsumption.csv"
 SEED_VALID_RMSE = 8029.0  # the seed lab's recorded valid RMSE (random 80/20 split)
 # The model's RMSE on this data with the defaults in one process (every such run in .rayops/runs/):
 # a regression band of 2 % around it, not just "beats the seed". The run is deterministic under the lock (a
 # second run matches to 1e-9); 123 rounds of depth 5 give +4 % (holdout) and +10 % (seed split) and fail it.
 KNOWN_RMSE = {"holdout": 4013.66, "seed_protocol": 4627.89}
 FEATURES = 85  # hourly sums and means, 6 lags x 6 series, calendar, season and hour one-hot
-RUNS = ("e2e-first", "e2e-second", "e2e-badcols")
 
 
 def s3_uri(uri: str) -> tuple[str, str]:
@@ -35,24 +31,6 @@ def get_json(ray_cluster: RayCluster, uri: str, version_id: str | None = None) -
     bucket, key = s3_uri(uri)
     args = {"Bucket": bucket, "Key": key} | ({"VersionId": version_id} if version_id else {})
     return json.loads(ray_cluster.cloud.s3_client().get_object(**args)["Body"].read())
-
-
-@pytest.fixture(scope="module")
-def runs_dir() -> Iterator[Path]:
-    yield REPO / ".rayops" / "runs"
-    for run in RUNS:
-        shutil.rmtree(REPO / ".rayops" / "runs" / run, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def first_run(ray_cluster: RayCluster, runs_dir: Path) -> dict[str, Any]:
-    if not DATASET.exists():
-        pytest.fail(f"{DATASET} is missing: CI must run with ../shared beside the repo")
-    proc = ray_cluster.playbook("train.yml", "-e", f"dataset={DATASET}", "-e", "train_run_id=e2e-first")
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
-    metrics: dict[str, Any] = json.loads((runs_dir / "e2e-first" / "metrics.json").read_text())
-    metrics["_play_output"] = proc.stdout
-    return metrics
 
 
 def test_train_yml_promotes_a_model_that_beats_the_seed(first_run: dict[str, Any]) -> None:
