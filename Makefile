@@ -8,10 +8,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rayops-setup
-APT_PACKAGES := systemd-container debootstrap iptables iproute2 openssh-client chromium chromium-driver
+APT_PACKAGES := systemd-container debootstrap iptables iproute2 openssh-client chromium chromium-driver nftables
 
-# Local cloud knobs (see README): make local-up WORKERS=3 SUBNET=10.213.8.0/24 S3_PORT=5600
+# Local cloud knobs (see README): make local-up WORKERS=3 SUBNET=10.213.8.0/24 S3_PORT=5600 RELEASE=bullseye
 WORKERS ?= 2
+RELEASE ?= bookworm
 SUBNET ?= 10.213.7.0/24
 S3_PORT ?= 5599
 TARGET_ZONE ?= 1
@@ -83,8 +84,8 @@ train: setup ## Run train.yml on the local cloud (DATASET=... TARGET_ZONE=1)
 	echo "train: dataset $$dataset"; \
 	$(BIN)/ansible-playbook -i $(LOCAL_INVENTORY) train.yml -e "dataset=$$dataset" -e "target_zone=$(TARGET_ZONE)" $(EXTRA)
 
-local-up: setup ## Boot the local cloud (WORKERS=2 SUBNET=10.213.7.0/24 S3_PORT=5599)
-	$(BIN)/rayops-local up --workers $(WORKERS) --subnet $(SUBNET) --s3-port $(S3_PORT)
+local-up: setup ## Boot the local cloud (WORKERS=2 SUBNET=10.213.7.0/24 S3_PORT=5599 RELEASE=bookworm|bullseye)
+	$(BIN)/rayops-local up --workers $(WORKERS) --subnet $(SUBNET) --s3-port $(S3_PORT) --release $(RELEASE)
 
 local-down: setup ## Remove the local cloud and everything it created
 	$(BIN)/rayops-local down

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from rayops.localcloud import image
 from rayops.localcloud.cloud import LocalCloud
 from rayops.localcloud.discovery import local_clouds
 from rayops.localcloud.errors import LocalCloudError
@@ -39,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--subnet", default=DEFAULT_SUBNET, help=f"bridge subnet (default {DEFAULT_SUBNET})")
     up.add_argument(
         "--s3-port", type=int, default=DEFAULT_S3_PORT, help=f"S3 port (default {DEFAULT_S3_PORT})"
+    )
+    up.add_argument(
+        "--release",
+        default=image.DEFAULT_RELEASE,
+        help="Debian release of the machines: "
+        + ", ".join(f"{name} ({what})" for name, what in image.RELEASES.items())
+        + f"; default {image.DEFAULT_RELEASE}",
     )
     for name, helptext in (
         ("down", "remove every machine, mount, bridge, NAT rule and the S3 server"),
@@ -76,6 +84,7 @@ def _cloud(args: argparse.Namespace) -> LocalCloud:
             subnet=args.subnet,
             s3_port=args.s3_port,
             state_dir=str(args.state_dir),
+            release=args.release,
         )
         return LocalCloud(spec)
     return _existing_cloud(args.name, args.state_dir)
@@ -105,7 +114,7 @@ def _down_all(state_dir: Path) -> None:
 
 
 def _print_status(status: dict[str, object]) -> None:
-    print(f"cloud      {status['name']} ({'up' if status['up'] else 'down'})")
+    print(f"cloud      {status['name']} ({'up' if status['up'] else 'down'}, Debian {status['release']})")
     machines = status["machines"]
     assert isinstance(machines, list)
     if status["up"]:

@@ -125,7 +125,7 @@ class LocalCloud:
         network.check_subnet_free(self.spec.network)
         network.check_port_free(self.spec.s3_port)
 
-        img = image.ensure_image(self.image_cache, self.log)
+        img = image.ensure_image(self.image_cache, self.log, self.spec.release)
         spec = self.spec
         state = CloudState(spec)
         try:
@@ -154,7 +154,8 @@ class LocalCloud:
             raise
         self.log(
             f"cloud '{spec.name}' is up in {time.monotonic() - start:.1f} s: "
-            f"{len(nodes)} machines, S3 at {spec.s3_endpoint_url}, contract {self.outputs_path}"
+            f"{len(nodes)} {spec.release} machines, S3 at {spec.s3_endpoint_url}, "
+            f"contract {self.outputs_path}"
         )
         return outputs
 
@@ -298,6 +299,7 @@ class LocalCloud:
         return {
             "name": spec.name,
             "up": state is not None,
+            "release": spec.release,
             "machines": rows,
             "s3_endpoint_url": spec.s3_endpoint_url if s3_up else None,
             "contract": str(self.outputs_path) if self.outputs_path.exists() else None,

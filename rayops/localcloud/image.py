@@ -13,7 +13,10 @@ from pathlib import Path
 from rayops.localcloud.errors import LocalCloudError
 from rayops.localcloud.system import run
 
-SUITE = "bookworm"
+# The Debian releases a machine can run (`rayops-local up --release`), each with its own cached image.
+# bookworm is the default (Python 3.11); bullseye's python3 is 3.9, for the py39 profile (Ray 2.51.2).
+RELEASES = {"bookworm": "Debian 12, Python 3.11", "bullseye": "Debian 11, Python 3.9"}
+DEFAULT_RELEASE = "bookworm"
 # What an EC2 node of ours has that minbase lacks: systemd as PID 1, sshd, Python for Ansible,
 # python3-venv for the Ray venv, sudo for become, iproute2 for networking, ca-certificates for TLS.
 PACKAGES = (
@@ -44,10 +47,23 @@ _IMAGE_RECIPE_VERSION = "1"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
-def image_id() -> str:
-    """A name that changes whenever what goes into the image changes."""
-    digest = hashlib.sha256(f"{SUITE}|{_IMAGE_RECIPE_VERSION}|{','.join(PACKAGES)}".encode()).hexdigest()
-    return f"{SUITE}-{digest[:10]}"
+def check_release(release: str) -> None:
+    """One sentence naming the supported releases when ``release`` is not one of them."""
+    if release not in RELEASES:
+        supported = ", ".join(f"{name} ({what})" for name, what in RELEASES.items())
+        raise LocalCloudError(
+            f"release {release!r} is not supported: use one of {supported}, e.g. --release {DEFAULT_RELEASE}"
+        )
+
+
+def image_id(release: str = DEFAULT_RELEASE) -> str:
+    """A name that changes whenever what goes into the image changes (one per release).
+
+    The default release's id is the one it always had, so images cached before releases existed stay valid.
+    """
+    check_release(release)
+    digest = hashlib.sha256(f"{release}|{_IMAGE_RECIPE_VERSION}|{','.join(PACKAGES)}".encode()).hexdigest()
+    return f"{release}-{digest[:10]}"
 
 
 def host_mirror(sources: Path = Path("/etc/apt/sources.list.d/debian.sources")) -> str:
@@ -65,9 +81,9 @@ def missing_files(root: Path) -> list[str]:
     return [f for f in REQUIRED_FILES if not (root / f).exists()]
 
 
-def ensure_image(cache_dir: Path, log: Callable[[str], None] = print) -> Path:
-    """Return the path of a complete cached image, building (or rebuilding) it when needed."""
-    root = cache_dir / image_id()
+def ensure_image(cache_dir: Path, log: Callable[[str], None] = print, release: str = DEFAULT_RELEASE) -> Path:
+    """Return the path of a complete cached image of ``release``, building (or rebuilding) it when needed."""
+    root = cache_dir / image_id(release)
     marker = root / ".rayops-image"
     if root.exists():
         lacking = missing_files(root)
@@ -76,11 +92,11 @@ def ensure_image(cache_dir: Path, log: Callable[[str], None] = print) -> Path:
         reason = f"it lacks {', '.join(lacking)}" if lacking else "it was never finished"
         log(f"cached image {root} is corrupt ({reason}); rebuilding it")
         shutil.rmtree(root)
-    build_image(root, log)
+    build_image(root, log, release)
     return root
 
 
-def build_image(root: Path, log: Callable[[str], None] = print) -> None:
+def build_image(root: Path, log: Callable[[str], None] = print, release: str = DEFAULT_RELEASE) -> None:
     """debootstrap the image into a temporary folder, configure it, then move it into place."""
     tmp = root.with_name(root.name + ".building")
     if tmp.exists():
@@ -95,7 +111,7 @@ def build_image(root: Path, log: Callable[[str], None] = print) -> None:
                 "debootstrap",
                 "--variant=minbase",
                 f"--include={','.join(PACKAGES)}",
-                SUITE,
+                release,
                 str(tmp),
                 mirror,
             ],
@@ -106,14 +122,14 @@ def build_image(root: Path, log: Callable[[str], None] = print) -> None:
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
             raise LocalCloudError(
-                f"debootstrap of {SUITE} from {mirror} failed: {' | '.join(tail)}; "
+                f"debootstrap of {release} from {mirror} failed: {' | '.join(tail)}; "
                 "check that the mirror is reachable (apt-get update works) and retry"
             )
         _configure(tmp)
         lacking = missing_files(tmp)
         if lacking:
             raise LocalCloudError(f"the freshly built image lacks {', '.join(lacking)}; this is a bug")
-        (tmp / ".rayops-image").write_text(image_id() + "\n", encoding="utf-8")
+        (tmp / ".rayops-image").write_text(image_id(release) + "\n", encoding="utf-8")
         tmp.rename(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

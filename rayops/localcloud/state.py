@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rayops import contract
+from rayops.localcloud import image
 from rayops.localcloud.errors import LocalCloudError
 
 DEFAULT_NAME = "rayops"
@@ -36,6 +37,8 @@ class CloudSpec:
     subnet: str = DEFAULT_SUBNET
     s3_port: int = DEFAULT_S3_PORT
     state_dir: str = str(DEFAULT_STATE_DIR)
+    # The machines' Debian release (image.RELEASES); state files older than this field mean bookworm.
+    release: str = image.DEFAULT_RELEASE
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
@@ -55,6 +58,7 @@ class CloudSpec:
             raise LocalCloudError(f"subnet {self.subnet} is too small for {self.workers} workers: use a /24")
         if not 1024 <= self.s3_port <= 65535:
             raise LocalCloudError(f"S3 port {self.s3_port} is out of range: use 1024-65535")
+        image.check_release(self.release)
 
     @property
     def network(self) -> ipaddress.IPv4Network:

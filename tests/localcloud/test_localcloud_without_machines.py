@@ -44,7 +44,7 @@ def test_corrupt_cached_image_is_detected_and_rebuilt(
     (root / ".rayops-image").write_text("x")
     built: list[Path] = []
 
-    def fake_build(path: Path, log: object) -> None:  # debootstrap itself runs in the cloud fixture
+    def fake_build(path: Path, log: object, release: str) -> None:  # debootstrap runs in the cloud fixture
         built.append(path)
 
     monkeypatch.setattr(image, "build_image", fake_build)
