@@ -1,4 +1,4 @@
-"""The machines' Debian release (`rayops-local up --release`, `make local-up RELEASE=`), with no machine booted.
+"""The machines' Debian release (`rayops-local up --release`, `make local-up RELEASE=`), no machine booted.
 
 A bullseye cloud's machines are booted by the py39 Molecule scenario (molecule/py39); here: the option, its
 one-sentence refusal, one cached image per release, and the default image keeping the id it always had.
