@@ -90,7 +90,7 @@ class Layout:
 
     @property
     def metadata_key(self) -> str:
-        return f"{self.run_base}/metadata.json"
+        return metadata_key(self.prefix, self.run_id)
 
     @property
     def current_key(self) -> str:
@@ -116,6 +116,11 @@ class Layout:
 
     def result_key(self, name: str) -> str:
         return f"{self.results_base}/{name}"
+
+
+def metadata_key(model_prefix: str, run_id: str) -> str:
+    """A run's metadata.json in the models bucket (``zone1/runs/<run id>/metadata.json``); Serve pins it."""
+    return f"{model_prefix}/runs/{run_id}/metadata.json"
 
 
 def current_key(model_prefix: str) -> str:

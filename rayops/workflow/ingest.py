@@ -65,6 +65,13 @@ def _key(name: str) -> str:
 _ALIASES = {_key(alias): canonical for canonical, names in COLUMNS.items() for alias in names}
 
 
+def canonical_column(name: str) -> str | None:
+    """The canonical name of a dataset column in any accepted spelling (Kaggle's or UCI's), else None.
+
+    The serving app's forecast route reads raw readings with the same names as the dataset."""
+    return _ALIASES.get(_key(name))
+
+
 def display_name(canonical: str) -> str:
     """The Kaggle spelling of a canonical column, used in messages."""
     return COLUMNS[canonical][0]
@@ -292,16 +299,27 @@ def parse(fetched: Fetched, target_zone: int | None = None) -> RawTable:
     return RawTable(frame=out, style=style, name=name)
 
 
-def _parse_datetimes(values: pd.Series, name: str, column: str) -> pd.Series:
+def parse_datetimes(
+    values: pd.Series, formats: tuple[str, ...] = DATETIME_FORMATS
+) -> tuple[pd.Series, int | None]:
+    """Text date-times in the first of ``formats`` that reads them all -> (datetime64[ns], None), else the
+    best attempt and the position of its first unreadable value. The serving app's forecast uses it too."""
     best: pd.Series | None = None
-    for fmt in DATETIME_FORMATS:
-        parsed = pd.to_datetime(values.str.strip(), format=fmt, errors="coerce")
+    text = values.where(values.map(lambda v: isinstance(v, str))).str.strip()
+    for fmt in formats:
+        parsed = pd.to_datetime(text, format=fmt, errors="coerce")
         if not parsed.isna().any():
-            return parsed.astype("datetime64[ns]")
+            return parsed.astype("datetime64[ns]"), None
         if best is None or parsed.isna().sum() < best.isna().sum():
             best = parsed
     assert best is not None
-    position = int(np.flatnonzero(best.isna().to_numpy())[0])
+    return best, int(np.flatnonzero(best.isna().to_numpy())[0])
+
+
+def _parse_datetimes(values: pd.Series, name: str, column: str) -> pd.Series:
+    parsed, position = parse_datetimes(values)
+    if position is None:
+        return parsed
     raise DataError(
         f"column {column} of {name} has {values.iloc[position]!r} on line {_line(position)}, which is not a "
         "date and time: write them like 1/1/2017 0:10 (M/D/YYYY H:MM) or 2017-01-01 00:10:00"

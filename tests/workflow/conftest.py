@@ -6,18 +6,13 @@ Nothing here talks to anything but 127.0.0.1.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from workflow_helpers import TEST_ENV, free_port, make_buckets
+from moto_helpers import moto_server
+from workflow_helpers import TEST_ENV, make_buckets
 
 from rayops.workflow.config import Buckets
 from rayops.workflow.s3 import S3Store
@@ -39,29 +34,8 @@ def aws_test_env() -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def moto_endpoint(aws_test_env: dict[str, str]) -> Iterator[str]:
     """A moto S3 server on a free loopback port (the .venv's moto_server)."""
-    port = free_port()
-    binary = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(endpoint, timeout=2):
-                break
-        except urllib.error.HTTPError:
-            break  # it answers
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.2)
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=20)
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 
-from workflow_helpers import REPO, free_port, run_cli
+from moto_helpers import free_port
+from workflow_helpers import REPO, run_cli
 
 DATASET = REPO.parent / "shared" / "data" / "powerconsumption.csv"
 BUCKETS = {"raw": "x-raw", "features": "x-features", "models": "x-models", "results": "x-results"}

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import workflow_synth as synth
-from workflow_helpers import free_port, make_buckets
+from moto_helpers import free_port
+from workflow_helpers import make_buckets
 
 from rayops.workflow import ingest
 from rayops.workflow.config import Buckets

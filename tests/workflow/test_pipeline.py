@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 import workflow_synth as synth
 import xgboost
-from workflow_helpers import data_args, free_port, make_buckets, metrics_line, run_cli
+from moto_helpers import free_port
+from workflow_helpers import data_args, make_buckets, metrics_line, run_cli
 
 from rayops.workflow import evaluate, features, pipeline
 from rayops.workflow.cli import METRICS_PREFIX

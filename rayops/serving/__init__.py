@@ -1,0 +1,1 @@
+"""The promoted model behind a Ray Serve HTTP API (FastAPI ingress): see app.py for the routes."""

@@ -1,0 +1,5 @@
+import sys
+
+from rayops.serving.cli import main
+
+sys.exit(main())
