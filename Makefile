@@ -24,7 +24,7 @@ LOCAL_CHECK = test -f .rayops/local/outputs.json || { echo "$@: there is no loca
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k plugin"
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint test test-unit test-cluster bench molecule local local-up local-down local-status site train clean
+.PHONY: help setup lint test test-unit test-cluster bench molecule local local-up local-down local-status site train serve clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -71,7 +71,7 @@ bench: setup ## Benchmarks (root): site.yml cold/idempotent/wheelhouse and Ray T
 test-unit: setup ## Only the tests that need no local cloud
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m "not localcloud" $(PYTEST_ARGS)
 
-local: setup local-up site train ## The whole flow on the local cloud: boot it, site.yml, train.yml
+local: setup local-up site train serve ## The whole flow on the local cloud: boot it, site.yml, train.yml, serve.yml
 
 site: setup ## Run site.yml on the local cloud (a healthy Ray cluster under systemd; EXTRA='-e k=v ...')
 	@$(LOCAL_CHECK)
@@ -83,6 +83,10 @@ train: setup ## Run train.yml on the local cloud (DATASET=... TARGET_ZONE=1)
 	@dataset=$$($(BIN)/python -m rayops.workflow resolve-dataset) || exit 1; \
 	echo "train: dataset $$dataset"; \
 	$(BIN)/ansible-playbook -i $(LOCAL_INVENTORY) train.yml -e "dataset=$$dataset" -e "target_zone=$(TARGET_ZONE)" $(EXTRA)
+
+serve: setup ## Run serve.yml on the local cloud: the promoted model behind Ray Serve (EXTRA='-e serve_zones=[1,2]')
+	@$(LOCAL_CHECK)
+	$(BIN)/ansible-playbook -i $(LOCAL_INVENTORY) serve.yml $(EXTRA)
 
 local-up: setup ## Boot the local cloud (WORKERS=2 SUBNET=10.213.7.0/24 S3_PORT=5599 RELEASE=bookworm|bullseye)
 	$(BIN)/rayops-local up --workers $(WORKERS) --subnet $(SUBNET) --s3-port $(S3_PORT) --release $(RELEASE)

@@ -77,6 +77,21 @@ def ssh_tunnel(host: Mapping[str, Any], ports: Iterable[int], default_user: str 
     return " ".join(argv)
 
 
+def serve_summary(smoke_json: str) -> list[str]:
+    """`python -m rayops.serving smoke`'s JSON -> one line per served zone for serve.yml's output."""
+    import json
+
+    lines = []
+    for app, zone in sorted(json.loads(smoke_json or "{}").items()):
+        ms = zone.get("ms", {})
+        timings = ", ".join(f"{route} {value:.0f} ms" for route, value in sorted(ms.items()))
+        lines.append(
+            f"/{app}: run {zone['run_id']}; its forecast for {zone['hour']} is {zone['prediction']:g} "
+            f"and equals the predict of that hour's features (every route answered: {timings})"
+        )
+    return lines
+
+
 class FilterModule:
     """rayops filters."""
 
@@ -88,4 +103,5 @@ class FilterModule:
             "oldest_glibc_minor": oldest_glibc_minor,
             "manylinux_platforms": manylinux_platforms,
             "ssh_tunnel": ssh_tunnel,
+            "serve_summary": serve_summary,
         }

@@ -85,7 +85,7 @@ class ServedModel:
         }
 
 
-def _get(store: S3Store, uri: str, version_id: str | None = None) -> tuple[bytes, str | None]:
+def get_object(store: S3Store, uri: str, version_id: str | None = None) -> tuple[bytes, str | None]:
     bucket, key = split_s3_uri(uri)
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version_id:
@@ -98,9 +98,9 @@ def _get(store: S3Store, uri: str, version_id: str | None = None) -> tuple[bytes
 
 
 def _get_or(store: S3Store, uri: str, missing: str) -> tuple[bytes, str | None]:
-    """``_get``, with ``missing`` as the sentence when the object does not exist."""
+    """``get_object``, with ``missing`` as the sentence when the object does not exist."""
     try:
-        return _get(store, uri)
+        return get_object(store, uri)
     except ModelError as err:
         cause = err.__cause__
         code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
@@ -123,7 +123,7 @@ def resolve(store: S3Store, models_bucket: str, zone: int, run_id: str | None = 
             f"(-e target_zone={zone})",
         )
         pointer = json.loads(body)
-        _, metadata_version = _get(store, pointer["metadata_uri"])
+        _, metadata_version = get_object(store, pointer["metadata_uri"])
         return ModelSource(
             zone=zone,
             run_id=pointer["run_id"],
@@ -161,7 +161,7 @@ def load(store: S3Store, source: ModelSource) -> ServedModel:
     """Read the run's metadata and model (by version id) and check they fit together and predict."""
     import xgboost
 
-    metadata = json.loads(_get(store, source.metadata_uri, source.metadata_version_id)[0])
+    metadata = json.loads(get_object(store, source.metadata_uri, source.metadata_version_id)[0])
     if metadata.get("run_id") != source.run_id:
         raise ModelError(
             f"{source.metadata_uri} belongs to run {metadata.get('run_id')!r}, not {source.run_id!r}: "
@@ -173,7 +173,7 @@ def load(store: S3Store, source: ModelSource) -> ServedModel:
             f"run {source.run_id!r} was trained on {len(features)} features that this serving code does not "
             f"build ({len(feature_columns())} expected): retrain with this version of rayops"
         )
-    raw, _ = _get(store, source.model_uri, source.model_version_id)
+    raw, _ = get_object(store, source.model_uri, source.model_version_id)
     booster = xgboost.Booster()
     try:
         booster.load_model(bytearray(raw))

@@ -57,6 +57,10 @@ class ServeApi:
     def put(self, config: dict[str, Any]) -> None:
         self._request("PUT", config)
 
+    def delete(self) -> None:
+        """Every app, and Serve itself."""
+        self._request("DELETE")
+
 
 def _matches(desired: Any, deployed: Any) -> bool:
     """Every key we set has the value we set (Serve adds defaults of its own to what it reports)."""
