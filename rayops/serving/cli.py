@@ -76,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--check", action="store_true", help="only say what would change")
         else:
             sp.add_argument("--interval", type=float, default=5.0)
+    status = sub.add_parser("status", help="every app's status and where its replicas run (JSON)")
+    status.add_argument("--dashboard-url", default="http://127.0.0.1:8265")
+    status.add_argument("--token-file", type=Path, default=None)
     remove = sub.add_parser("remove", help="remove every Serve app (Serve shuts down)")
     remove.add_argument("--dashboard-url", default="http://127.0.0.1:8265")
     remove.add_argument("--token-file", type=Path, default=None)
@@ -196,6 +199,23 @@ def _keep(args: argparse.Namespace) -> None:
         time.sleep(args.interval)
 
 
+def placement(details: dict[str, Any]) -> dict[str, Any]:
+    """{app: {"status", "deployments": {name: {"status", "replicas": [node IP, ...]}}}} of Serve's details."""
+    return {
+        name: {
+            "status": app.get("status"),
+            "deployments": {
+                dname: {
+                    "status": dep.get("status"),
+                    "replicas": sorted(r.get("node_ip", "") for r in dep.get("replicas", [])),
+                }
+                for dname, dep in (app.get("deployments") or {}).items()
+            },
+        }
+        for name, app in (details.get("applications") or {}).items()
+    }
+
+
 def _call(url: str, token: str, body: Any = None) -> tuple[int, Any, float]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")  # noqa: S310
@@ -292,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_plan(args), indent=2, sort_keys=True))
         elif args.command == "apply":
             print(json.dumps(_apply(args), sort_keys=True))
+        elif args.command == "status":
+            print(json.dumps(placement(_api(args).details()), sort_keys=True))
         elif args.command == "remove":
             api = _api(args)
             present = bool(api.details().get("applications"))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from rayops.ansible_env import BIN, REPO, ansible_env
 from rayops.localcloud.cloud import LocalCloud
 
-__all__ = ["DATASET", "REPO", "RayCluster", "recap"]
+__all__ = ["DATASET", "REPO", "RayCluster", "open_tunnel", "recap"]
 
 # The seed lab's dataset: CI runs with ../shared beside the repo.
 DATASET = REPO.parent / "shared" / "data" / "powerconsumption.csv"
@@ -99,3 +102,39 @@ def recap(stdout: str) -> dict[str, dict[str, int]]:
         host: {"changed": int(changed), "unreachable": int(unreachable), "failed": int(failed)}
         for host, changed, unreachable, failed in RECAP.findall(stdout)
     }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def open_tunnel(command: str, remote_ports: list[int]) -> Iterator[dict[int, int]]:
+    """A printed ``ssh -N ... -L p:127.0.0.1:p ...`` run with each of ``remote_ports`` on a free local port
+    (other tunnels may hold the printed ones); yields {remote port: local port} once the first one answers."""
+    ports = {remote: free_port() for remote in remote_ports}
+    for remote, local in ports.items():
+        printed = f"-L {remote}:127.0.0.1:{remote}"
+        assert printed in command, command
+        command = command.replace(printed, f"-L {local}:127.0.0.1:{remote}")
+    command = command.replace("ssh -N", "ssh -N -o ExitOnForwardFailure=yes", 1)
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        first = ports[remote_ports[0]]
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (
+                f"the printed tunnel exited: {proc.stderr.read() if proc.stderr else ''}"
+            )
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", first)) == 0:
+                    break
+            time.sleep(0.5)
+        yield ports
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -18,6 +18,29 @@ from cluster_helpers import DATASET, REPO, RayCluster
 
 from rayops.localcloud.cloud import CloudSpec, LocalCloud
 
+# The session cluster's modules in this order: faults first (they leave it healthy), then the checks of the
+# converged cluster, then what builds on a trained model: train.yml, tracking, serving, and monitoring last
+# (its dashboards need serving traffic). Modules not named run before these, in pytest's order.
+MODULE_ORDER = (
+    "test_faults",
+    "test_firewall",
+    "test_security",
+    "test_tools",
+    "test_browser",
+    "test_train_flow",
+    "test_mlflow",
+    "test_serve",
+    "test_monitoring",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        return MODULE_ORDER.index(name) if name in MODULE_ORDER else -1
+
+    items.sort(key=rank)  # stable: the order inside a module stays
+
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:

@@ -1,0 +1,214 @@
+"""serve.yml on the session cluster, after train.yml promoted a model: the API through the real HTTP proxy and
+the printed SSH tunnel, bad input, idempotence and check mode, a promotion rolled forward under load with no
+failed request, and a head restart healed without Ansible. ~6 min on an idle 2-core host (train.yml ~2.5 min
+of it, the head restart ~1.5 min).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from cluster_helpers import DATASET, RayCluster, open_tunnel, recap
+
+from rayops.workflow.features import feature_columns
+
+pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
+
+
+@dataclass
+class Api:
+    base: str
+    token: str
+
+    def call(
+        self,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        method = "POST" if data is not None else "GET"
+        request = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310 (loopback)
+        if token is None:
+            token = self.token
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            request.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (the tunnel)
+                status, text = response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            status, text = err.code, err.read().decode(errors="replace")
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster: RayCluster, first_run: dict[str, Any]) -> dict[str, Any]:
+    proc = ray_cluster.playbook("serve.yml")
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+    return {"output": " ".join(proc.stdout.split()), "run_id": first_run["run_id"]}
+
+
+@pytest.fixture(scope="module")
+def api(ray_cluster: RayCluster, served: dict[str, Any]) -> Iterator[Api]:
+    """serve.yml's printed tunnel, run as printed but on a free local port."""
+    match = re.search(r"Tunnel \(leave it running\): (ssh -N .*?@\d+\.\d+\.\d+\.\d+)", served["output"])
+    assert match, served["output"][-3000:]
+    with open_tunnel(match.group(1), [8000]) as ports:
+        yield Api(f"http://127.0.0.1:{ports[8000]}", ray_cluster.secret("serve_token"))
+
+
+def one_row(api: Api) -> dict[str, float]:
+    status, info = api.call("/zone1/model")
+    assert status == 200, info
+    return dict.fromkeys(info["features"], 1.0)
+
+
+def test_serve_yml_serves_the_promoted_model_on_every_route(served: dict[str, Any], api: Api) -> None:
+    out = served["output"]
+    assert f"/zone1: run {served['run_id']}" in out and "equals the predict of that hour" in out
+    assert 'curl -s -H "Authorization: Bearer $(cat ' in out and "/serve_token)" in out
+    status, info = api.call("/zone1/model")
+    assert status == 200 and info["run_id"] == served["run_id"] and info["features"] == feature_columns()
+    status, body = api.call("/zone1/predict", {"instances": [one_row(api)] * 3})
+    assert status == 200 and len(body["predictions"]) == 3 and body["model"]["run_id"] == served["run_id"]
+    assert api.call("/zone1/openapi.json", token="")[0] == 200
+    # Serve's own health and routes answer without a token.
+    assert api.call("/-/healthz", token="")[0] == 200
+    status, routes = api.call("/-/routes", token="")
+    assert status == 200 and {"/zone1", "/"} <= set(routes)
+
+
+def test_replicas_are_spread_over_nodes(ray_cluster: RayCluster, served: dict[str, Any]) -> None:
+    out = ray_cluster.ssh(
+        ray_cluster.head,
+        "sudo -u ray /opt/rayops/venv/bin/python -m rayops.serving status "
+        "--token-file /etc/rayops/ray_auth_token",
+    )
+    assert out.returncode == 0, out.stderr
+    nodes = json.loads(out.stdout)["zone1"]["deployments"]["ZoneModel"]["replicas"]
+    assert len(nodes) == 2 and len(set(nodes)) == 2, nodes
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "status", "words"),
+    [
+        ("/zone1/predict", {"raw": b"{not json"}, 400, "not valid JSON"),
+        ("/zone1/predict", {"body": {"instances": []}, "token": ""}, 401, "needs Authorization"),
+        ("/zone1/predict", {"body": {"instances": []}, "token": "0" * 64}, 401, "wrong"),
+        ("/zone1/predict", {"raw": b"a=1", "content_type": "text/plain"}, 415, "must be JSON"),
+        ("/zone1/predict", {"body": {"instances": [{"temperature": "hot"}]}}, 422, "is 'hot'"),
+        ("/zone1/forecast", {"body": {"readings": [], "weather": []}}, 422, "readings is empty"),
+        ("/zone3/predict", {"body": {"instances": []}}, 404, "zone3 is not served"),
+    ],
+    ids=["not json", "no token", "wrong token", "content type", "a string", "no history", "zone not served"],
+)
+def test_bad_input_through_the_proxy_is_a_4xx_sentence(
+    api: Api, path: str, kwargs: dict[str, Any], status: int, words: str
+) -> None:
+    got, body = api.call(path, **kwargs)
+    assert got == status and isinstance(body, dict) and words in body["error"], (got, body)
+    assert api.call("/zone1/predict", {"instances": [one_row(api)]})[0] == 200  # still serving
+
+
+def test_a_second_serve_yml_changes_nothing_and_check_mode_too(
+    ray_cluster: RayCluster, served: dict[str, Any]
+) -> None:
+    for args in ((), ("--check",)):
+        proc = ray_cluster.playbook("serve.yml", *args)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert all(c["changed"] == 0 for c in recap(proc.stdout).values()), (args, recap(proc.stdout))
+        assert "Serve: no change" in proc.stdout
+
+
+def test_serve_yml_without_a_promoted_model_says_run_train_yml(
+    ray_cluster: RayCluster, served: dict[str, Any]
+) -> None:
+    proc = ray_cluster.playbook("serve.yml", "-e", "serve_zones=[2]")
+    assert proc.returncode != 0
+    assert "zone 2 has no promoted model" in proc.stdout and "run train.yml first" in proc.stdout
+    proc = ray_cluster.playbook("serve.yml", "-e", "serve_run_id=no-such-run")
+    assert proc.returncode != 0 and "has no run 'no-such-run'" in proc.stdout
+
+
+@dataclass
+class Load:
+    """A bounded load loop (4 threads, single-row predicts) through the tunnel, recording every answer."""
+
+    api: Api
+    row: dict[str, float]
+    statuses: list[int] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    limit: int = 20_000
+
+    def worker(self) -> None:
+        while not self.stop.is_set() and len(self.statuses) < self.limit:
+            status, body = self.api.call("/zone1/predict", {"instances": [self.row]})
+            self.statuses.append(status)
+            if status == 200:
+                self.runs.append(body["model"]["run_id"])
+            else:
+                print("load: non-2xx", status, body)
+            time.sleep(0.02)
+
+
+def test_a_promotion_rolls_forward_under_load_with_no_failed_request(
+    ray_cluster: RayCluster, api: Api, served: dict[str, Any]
+) -> None:
+    load = Load(api, one_row(api))
+    threads = [threading.Thread(target=load.worker, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(3)
+        proc = ray_cluster.playbook("train.yml", "-e", f"dataset={DATASET}", "-e", "train_run_id=serve-roll")
+        time.sleep(5)
+    finally:
+        load.stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert "/zone1: run serve-roll" in " ".join(proc.stdout.split())
+    failed = [s for s in load.statuses if s != 200]
+    print(f"rollout under load: {len(load.statuses)} requests, {len(failed)} not 200")
+    assert load.statuses and not failed, failed[:10]
+    assert load.runs[0] == served["run_id"] and load.runs[-1] == "serve-roll"
+    status, info = api.call("/zone1/model")
+    assert status == 200 and info["run_id"] == "serve-roll" and info["last_error"] is None
+
+
+def test_a_head_restart_heals_without_ansible(
+    ray_cluster: RayCluster, api: Api, served: dict[str, Any]
+) -> None:
+    row = one_row(api)
+    out = ray_cluster.ssh(ray_cluster.head, "systemctl restart ray-head", timeout=300)
+    assert out.returncode == 0, out.stderr
+    start = time.monotonic()
+    healed = None
+    while time.monotonic() - start < 300:
+        status, _ = api.call("/zone1/predict", {"instances": [row]})
+        if status == 200:
+            healed = time.monotonic() - start
+            break
+        time.sleep(1)
+    print(f"head restart: the API answered again after {healed} s")
+    assert healed is not None, "the API did not answer within 300 s of the head's restart"
+    status, info = api.call("/zone1/model")
+    assert status == 200 and info["run_id"] == "serve-roll"
+    ray_cluster.wait_alive(3, 180)  # the tests after this one need the whole cluster
