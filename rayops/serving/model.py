@@ -182,6 +182,8 @@ def load(store: S3Store, source: ModelSource) -> ServedModel:
         raise ModelError(
             f"{source.model_uri} is not an XGBoost model ({reason}): retrain with train.yml"
         ) from err
+    # Predicts here are small (a row, a batch of requests): one thread, no OpenMP team to wake per call.
+    booster.set_param({"nthread": 1})
     if booster.num_features() != len(features):
         raise ModelError(
             f"{source.model_uri} takes {booster.num_features()} features but its metadata lists "
