@@ -24,7 +24,7 @@ LOCAL_CHECK = test -f .rayops/local/outputs.json || { echo "$@: there is no loca
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k plugin"
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint test test-unit test-cluster bench molecule local local-up local-down local-status site train serve clean
+.PHONY: help setup lint test test-unit test-cluster bench molecule local local-up local-down local-status site train serve bench-serve clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +67,10 @@ test-cluster: setup ## pytest on a real 3-node cluster: role contracts, faults, 
 bench: setup ## Benchmarks (root): site.yml cold/idempotent/wheelhouse and Ray Train vs plain xgboost
 	$(BIN)/python bench/bench_site.py
 	$(BIN)/python bench/bench_train.py
+
+bench-serve: setup ## Serving benchmark on the local cloud after `make local`: Serve vs in-process predict vs plain uvicorn
+	@$(LOCAL_CHECK)
+	$(BIN)/python bench/bench_serve.py
 
 test-unit: setup ## Only the tests that need no local cloud
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m "not localcloud" $(PYTEST_ARGS)
