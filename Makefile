@@ -8,6 +8,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rayops-setup
+# promtool's source: Debian 12's prometheus package (the version the cluster's nodes install).
+PROMETHEUS_UPSTREAM := 2.42.0+ds-
+PROMTOOL_DIR := .rayops/cache/prometheus
+PROMTOOL := $(PROMTOOL_DIR)/usr/bin/promtool
 APT_PACKAGES := systemd-container debootstrap iptables iproute2 openssh-client chromium chromium-driver nftables
 
 # Local cloud knobs (see README): make local-up WORKERS=3 SUBNET=10.213.8.0/24 S3_PORT=5600 RELEASE=bullseye
@@ -24,12 +28,22 @@ LOCAL_CHECK = test -f .rayops/local/outputs.json || { echo "$@: there is no loca
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k plugin"
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint test test-unit test-cluster bench molecule local local-up local-down local-status site train serve bench-serve clean
+.PHONY: help setup lint test test-unit test-cluster bench molecule local local-up local-down local-status site train serve bench-serve tunnel clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(STAMP) ## Install apt packages and the pinned Python environment in .venv
+setup: $(STAMP) $(PROMTOOL) ## Install apt packages, the pinned Python environment in .venv, promtool for the tests
+
+# promtool (the alert rules' unit tests) from the distribution's prometheus package, unpacked into a cache: no
+# Prometheus server runs on the controller. The same upstream version as the cluster's (roles/monitoring).
+$(PROMTOOL):
+	@echo "setup: promtool from Debian's prometheus package into $(PROMTOOL_DIR)"
+	@rm -rf $(PROMTOOL_DIR).tmp && mkdir -p $(PROMTOOL_DIR).tmp && cd $(PROMTOOL_DIR).tmp && \
+	  apt-get download -qq prometheus 2>/dev/null && version=$$(dpkg-deb -f prometheus_*.deb Version) && \
+	  case "$$version" in $(PROMETHEUS_UPSTREAM)*) ;; *) echo "setup: apt offers prometheus $$version, not $(PROMETHEUS_UPSTREAM) (the cluster's): run setup on Debian 12" >&2; exit 1;; esac && \
+	  dpkg-deb -x prometheus_*.deb root && test -x root/usr/bin/promtool && rm root/usr/bin/prometheus
+	@rm -rf $(PROMTOOL_DIR) && mv $(PROMTOOL_DIR).tmp/root $(PROMTOOL_DIR) && rm -rf $(PROMTOOL_DIR).tmp
 
 $(STAMP): requirements.txt pyproject.toml
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -91,6 +105,12 @@ train: setup ## Run train.yml on the local cloud (DATASET=... TARGET_ZONE=1)
 serve: setup ## Run serve.yml on the local cloud: the promoted model behind Ray Serve (EXTRA='-e serve_zones=[1,2]')
 	@$(LOCAL_CHECK)
 	$(BIN)/ansible-playbook -i $(LOCAL_INVENTORY) serve.yml $(EXTRA)
+
+# CLUSTER: the cluster's name (the local cloud's is rayops; on AWS the stack's cluster_name).
+CLUSTER ?= rayops
+tunnel: ## One SSH tunnel to the head's dashboard, JupyterLab, Serve, Prometheus, Alertmanager, Grafana, MLflow (CLUSTER=rayops)
+	@test -x .rayops/tunnel/$(CLUSTER).sh || { echo "tunnel: no tunnel for cluster $(CLUSTER) yet (.rayops/tunnel/$(CLUSTER).sh is written by site.yml): run \`make site\` (or ansible-playbook site.yml) first, or pass CLUSTER=<name>" >&2; exit 1; }
+	@.rayops/tunnel/$(CLUSTER).sh
 
 local-up: setup ## Boot the local cloud (WORKERS=2 SUBNET=10.213.7.0/24 S3_PORT=5599 RELEASE=bookworm|bullseye)
 	$(BIN)/rayops-local up --workers $(WORKERS) --subnet $(SUBNET) --s3-port $(S3_PORT) --release $(RELEASE)

@@ -92,6 +92,18 @@ def serve_summary(smoke_json: str) -> list[str]:
     return lines
 
 
+def tunnel_lines(forwards: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One line per forwarded service: its local URL through the tunnel and how to log in.
+
+    Each forward is ``{"name", "port", "path" (optional), "login"}``:
+    "Ray dashboard: http://127.0.0.1:8265 - ...".
+    """
+    return [
+        f"{f['name']}: http://127.0.0.1:{int(f['port'])}{f.get('path') or ''} - {f['login']}"
+        for f in forwards
+    ]
+
+
 class FilterModule:
     """rayops filters."""
 
@@ -104,4 +116,5 @@ class FilterModule:
             "manylinux_platforms": manylinux_platforms,
             "ssh_tunnel": ssh_tunnel,
             "serve_summary": serve_summary,
+            "tunnel_lines": tunnel_lines,
         }

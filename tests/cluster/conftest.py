@@ -6,15 +6,12 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import DATASET, REPO, RayCluster
+from cluster_helpers import DATASET, REPO, RayCluster, open_tunnel
 
 from rayops.localcloud.cloud import CloudSpec, LocalCloud
 
@@ -95,38 +92,31 @@ def site_output(ray_cluster: RayCluster) -> str:
     return " ".join(run.stdout.split())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# The services site.yml's tunnel forwards, by their port on the head (roles/rayops's defaults).
+TUNNEL_NAMES = {
+    8265: "dashboard",
+    8888: "jupyterlab",
+    8000: "serve",
+    9090: "prometheus",
+    9093: "alertmanager",
+    3000: "grafana",
+    5000: "mlflow",
+}
 
 
 @pytest.fixture(scope="session")
 def tunnel(site_output: str) -> Iterator[dict[str, int]]:
-    """site.yml's printed tunnel, run as printed but with free local ports: {"dashboard": port, ...}."""
+    """site.yml's printed tunnel, run as printed but each forward on a free local port: {"dashboard": port}.
+
+    Others run tunnels on this host at the same time, so no printed local port is used as is (a taken one
+    would stop the tunnel: ExitOnForwardFailure).
+    """
     match = re.search(r"Tunnel \(leave it running\): (ssh -N .*?@\d+\.\d+\.\d+\.\d+)", site_output)
     assert match, site_output[-3000:]
-    ports = {"dashboard": _free_port(), "jupyterlab": _free_port()}
-    command = match.group(1)
-    for name, remote in (("dashboard", 8265), ("jupyterlab", 8888)):
-        printed = f"-L {remote}:127.0.0.1:{remote}"
-        assert printed in command, command
-        command = command.replace(printed, f"-L {ports[name]}:127.0.0.1:{remote}")
-    command = command.replace("ssh -N", "ssh -N -o ExitOnForwardFailure=yes", 1)
-    proc = subprocess.Popen(
-        ["bash", "-c", f"exec {command}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (
-                f"the printed tunnel exited: {proc.stderr.read() if proc.stderr else ''}"
-            )
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", ports["dashboard"])) == 0:
-                    break
-            time.sleep(0.5)
-        yield ports
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    forwards = re.findall(r"-L (\d+):127\.0\.0\.1:(\d+)", match.group(1))
+    assert forwards and all(local == remote for local, remote in forwards), match.group(1)
+    assert int(forwards[0][1]) == 8265, match.group(1)  # the dashboard first: open_tunnel waits for it
+    with open_tunnel(match.group(1), [int(remote) for _, remote in forwards]) as ports:
+        named = {TUNNEL_NAMES.get(remote, str(remote)): local for remote, local in ports.items()}
+        assert {"dashboard", "jupyterlab", "serve"} <= set(named), match.group(1)
+        yield named

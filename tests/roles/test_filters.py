@@ -90,6 +90,19 @@ def test_ssh_tunnel_forwards_every_port_with_the_hosts_ssh_settings() -> None:
     assert F.ssh_tunnel({"inventory_hostname": "head"}, [1], "me") == "ssh -N -L 1:127.0.0.1:1 me@head"
 
 
+def test_tunnel_lines_give_each_service_its_local_url_and_login() -> None:
+    forwards = [
+        {"name": "Ray dashboard", "port": 8265, "login": "it asks for the cluster token: paste /t"},
+        {"name": "JupyterLab", "port": "8888", "path": "/lab", "login": "its token: /j on the controller"},
+        {"name": "Prometheus", "port": 9090, "path": "/targets", "login": "no login"},
+    ]
+    assert F.tunnel_lines(forwards) == [
+        "Ray dashboard: http://127.0.0.1:8265 - it asks for the cluster token: paste /t",
+        "JupyterLab: http://127.0.0.1:8888/lab - its token: /j on the controller",
+        "Prometheus: http://127.0.0.1:9090/targets - no login",
+    ]
+
+
 def test_ansible_finds_the_filters(tmp_path) -> None:
     """ansible.cfg's filter_plugins: a playbook in the repo can use them by their short names."""
     play = tmp_path / "play.yml"

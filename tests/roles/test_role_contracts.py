@@ -17,12 +17,13 @@ import yaml
 from rayops.ansible_env import REPO, run_ansible
 
 # rayops holds only the shared facts (no tasks); the others are the roles site.yml applies.
-ROLES = ["rayops", "firewall", "ray_python", "ray_node", "ray_service", "jupyterlab"]
+ROLES = ["rayops", "firewall", "ray_python", "ray_node", "ray_service", "jupyterlab", "monitoring", "grafana"]
 TASK_ROLES = [r for r in ROLES if r != "rayops"]
 SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "path": (str,),
     "int": (int,),
+    "float": (float, int),
     "bool": (bool,),
     "list": (list,),
     "dict": (dict,),
