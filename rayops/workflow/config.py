@@ -177,6 +177,7 @@ class WorkflowConfig:
     report_every: int = 100
     git_sha: str | None = None
     fetch_timeout_s: float = 120.0
+    tracking_uri: str | None = None  # MLflow tracking server (train.yml: the head's); None: not tracked
 
     def __post_init__(self) -> None:
         if self.target_zone not in TARGET_ZONES:
@@ -193,6 +194,11 @@ class WorkflowConfig:
             raise ConfigError(
                 f"--s3-endpoint-url {self.s3_endpoint_url!r} is not an endpoint URL: pass "
                 "http(s)://host[:port] without a path or credentials, or leave it out on AWS"
+            )
+        if self.tracking_uri is not None and not _ENDPOINT_RE.match(self.tracking_uri):
+            raise ConfigError(
+                f"--tracking-uri {self.tracking_uri!r} is not an MLflow server URL: pass "
+                "http(s)://host[:port] without a path or credentials, or leave it out to run untracked"
             )
         if not self.dataset.strip():
             raise ConfigError("--dataset is empty: pass a path, an s3:// URI or an https:// URL")

@@ -22,7 +22,7 @@ import numpy as np
 import xgboost
 from sklearn.pipeline import Pipeline
 
-from rayops.workflow import artifacts, evaluate, features, ingest, training
+from rayops.workflow import artifacts, evaluate, features, ingest, tracking, training
 from rayops.workflow.config import WorkflowConfig
 from rayops.workflow.errors import NotPromotedError, WorkflowError
 from rayops.workflow.s3 import PutResult, S3Store
@@ -285,7 +285,6 @@ def artifacts_stage(
         timings=timings,
     )
     metadata = artifacts.model_metadata(metrics, ingested, feats.manifest, feats.manifest_put)
-    store.put_json(buckets.models, layout.metadata_key, metadata)
     gains = booster.get_score(importance_type="gain")
     test_h = trained.splits.test_h
     images = artifacts.make_plots(
@@ -296,10 +295,22 @@ def artifacts_stage(
         {k: float(v) for k, v in gains.items() if isinstance(v, (int, float))},
         f"zone {config.target_zone}",
     )
+    report = artifacts.render_report(metrics)
+    # MLflow (best effort, never raises): its run id goes into metrics.json and metadata.json.
+    metrics["tracking"] = metadata["tracking"] = tracking.track(
+        tracking_uri=config.tracking_uri,
+        metrics=metrics,
+        metadata=metadata,
+        manifest=feats.manifest,
+        booster=booster,
+        sample=test_h[features.feature_columns()].head(5),
+        images=images,
+        report=report,
+    )
+    store.put_json(buckets.models, layout.metadata_key, metadata)
     for image_name, png in images.items():
         store.put_bytes(buckets.results, layout.result_key(image_name), png, content_type="image/png")
-    report = artifacts.render_report(metrics).encode()
-    store.put_bytes(buckets.results, layout.report_key, report, content_type="text/markdown")
+    store.put_bytes(buckets.results, layout.report_key, report.encode(), content_type="text/markdown")
     if evaluation.decision.promoted:
         pointer = artifacts.current_pointer(metrics, feats.manifest["features"])
         store.put_json(buckets.models, layout.current_key, pointer)

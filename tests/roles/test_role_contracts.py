@@ -17,7 +17,9 @@ import yaml
 from rayops.ansible_env import REPO, run_ansible
 
 # rayops holds only the shared facts (no tasks); the others are the roles site.yml applies.
-ROLES = ["rayops", "firewall", "ray_python", "ray_node", "ray_service", "jupyterlab", "monitoring", "grafana"]
+ROLES = [
+    "rayops", "firewall", "ray_python", "ray_node", "ray_service", "jupyterlab", "monitoring", "grafana", "mlflow"
+]
 TASK_ROLES = [r for r in ROLES if r != "rayops"]
 SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),
