@@ -76,11 +76,11 @@ def test_controller_and_default_nodes_share_the_job_pins() -> None:
 
 
 def test_mlflow_lock_pins_the_servers_requirements_and_matches_the_client() -> None:
-    """The tracking server's own lock (roles/mlflow) holds its pins, and the same MLflow as the jobs' client."""
+    """The tracking server's lock (roles/mlflow) holds its pins, and the same MLflow as the jobs' client."""
     lock = pin_file(REPO / "constraints-mlflow.txt")
     assert len(lock) > 50 and "mlflow" in lock  # the whole server tree, not the skinny client
     for name, version in pin_file(REPO / "requirements-mlflow.txt").items():
-        assert lock.get(name) == version, f"constraints-mlflow.txt: {name} {version} locked as {lock.get(name)}"
+        assert lock.get(name) == version, f"constraints-mlflow.txt: {name} is {lock.get(name)}, not {version}"
     client = pin_file(REPO / "requirements-cluster.txt")["mlflow-skinny"]
     assert lock["mlflow"] == lock["mlflow-skinny"] == client
     assert pin_file(REPO / "constraints-cluster.txt")["mlflow-skinny"] == client
