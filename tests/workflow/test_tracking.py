@@ -86,6 +86,7 @@ def mlflow_server(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) 
         "MLFLOW_S3_ENDPOINT_URL": moto_endpoint,
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # as roles/mlflow runs it
     }
     log = (folder / "server.log").open("w")
     proc = subprocess.Popen(
