@@ -25,7 +25,8 @@ import boto3
 import pytest
 import workflow_synth as synth
 import xgboost
-from workflow_helpers import TEST_ENV, data_args, free_port, make_buckets, metrics_line, run_cli
+from moto_helpers import free_port
+from workflow_helpers import TEST_ENV, data_args, make_buckets, metrics_line, run_cli
 
 from rayops.ansible_env import BIN, REPO
 from rayops.workflow import tracking
@@ -112,7 +113,7 @@ def mlflow_server(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) 
         cwd=folder,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # its first start migrates the database: ~45 s at a load of 12 here
     while tracking.server_answers(uri, timeout=2) is not None:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
