@@ -18,7 +18,15 @@ from rayops.ansible_env import REPO, run_ansible
 
 # rayops holds only the shared facts (no tasks); the others are the roles site.yml applies.
 ROLES = [
-    "rayops", "firewall", "ray_python", "ray_node", "ray_service", "jupyterlab", "monitoring", "grafana", "mlflow"
+    "rayops",
+    "firewall",
+    "ray_python",
+    "ray_node",
+    "ray_service",
+    "jupyterlab",
+    "monitoring",
+    "grafana",
+    "mlflow",
 ]
 TASK_ROLES = [r for r in ROLES if r != "rayops"]
 SPEC_TYPES: dict[str, tuple[type, ...]] = {
