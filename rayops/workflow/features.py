@@ -24,7 +24,6 @@ baseline's scaler is fitted on its training rows only, in ``training.py``.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -247,7 +246,7 @@ def _hour_aligned_chunks(raw: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
     edges = np.linspace(0, len(raw), parts + 1).astype(int)[1:-1]
     cuts = sorted({int(np.searchsorted(hours, hours[e], side="left")) for e in edges if 0 < e < len(raw)})
     bounds = [0, *[c for c in cuts if c > 0], len(raw)]
-    return [raw.iloc[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+    return [raw.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def _ray_data_pipeline(
