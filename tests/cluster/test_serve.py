@@ -51,6 +51,8 @@ class Api:
                 status, text = response.status, response.read().decode()
         except urllib.error.HTTPError as err:
             status, text = err.code, err.read().decode(errors="replace")
+        except OSError as err:  # nothing listening behind the tunnel yet (a restart), a reset connection
+            return -1, str(err)
         try:
             return status, json.loads(text)
         except ValueError:
