@@ -61,9 +61,13 @@ class Api:
 
 @pytest.fixture(scope="module")
 def served(ray_cluster: RayCluster, first_run: dict[str, Any]) -> dict[str, Any]:
+    """serve.yml once; the run it must serve is zone 1's promoted pointer (earlier tests of the session may
+    have promoted runs after first_run)."""
     proc = ray_cluster.playbook("serve.yml")
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
-    return {"output": " ".join(proc.stdout.split()), "run_id": first_run["run_id"]}
+    bucket, _, key = first_run["current_uri"].removeprefix("s3://").partition("/")
+    pointer = json.loads(ray_cluster.cloud.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    return {"output": " ".join(proc.stdout.split()), "run_id": pointer["run_id"]}
 
 
 @pytest.fixture(scope="module")
