@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rayops.ansible_env import BIN, REPO, ansible_env
 from rayops.localcloud.cloud import LocalCloud
 
-__all__ = ["DATASET", "REPO", "RayCluster", "open_tunnel", "recap"]
+__all__ = ["DATASET", "REPO", "RayCluster", "ServeApi", "one_row", "open_tunnel", "recap"]
 
 # The seed lab's dataset: CI runs with ../shared beside the repo.
 DATASET = REPO.parent / "shared" / "data" / "powerconsumption.csv"
@@ -138,3 +142,46 @@ def open_tunnel(command: str, remote_ports: list[int]) -> Iterator[dict[int, int
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@dataclass
+class ServeApi:
+    """The serving API through a tunnel: (status, JSON or text) of a call; -1 when nothing answers."""
+
+    base: str
+    token: str
+
+    def call(
+        self,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        method = "POST" if data is not None else "GET"
+        request = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310 (loopback)
+        if token is None:
+            token = self.token
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            request.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (the tunnel)
+                status, text = response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            status, text = err.code, err.read().decode(errors="replace")
+        except OSError as err:  # nothing listening behind the tunnel yet (a restart), a reset connection
+            return -1, str(err)
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+
+def one_row(api: ServeApi) -> dict[str, float]:
+    status, info = api.call("/zone1/model")
+    assert status == 200, info
+    return dict.fromkeys(info["features"], 1.0)

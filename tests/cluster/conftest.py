@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import DATASET, REPO, RayCluster, open_tunnel
+from cluster_helpers import DATASET, REPO, RayCluster, ServeApi, open_tunnel
 
 from rayops.localcloud.cloud import CloudSpec, LocalCloud
 
@@ -28,6 +28,7 @@ MODULE_ORDER = (
     "test_mlflow",
     "test_serve",
     "test_monitoring",
+    "test_serve_heal",  # restarts the head: a new Ray cluster (the Jobs API forgets train.yml's jobs)
 )
 
 
@@ -120,3 +121,23 @@ def tunnel(site_output: str) -> Iterator[dict[str, int]]:
         named = {TUNNEL_NAMES.get(remote, str(remote)): local for remote, local in ports.items()}
         assert {"dashboard", "jupyterlab", "serve"} <= set(named), match.group(1)
         yield named
+
+
+@pytest.fixture(scope="session")
+def served(ray_cluster: RayCluster, first_run: dict[str, Any]) -> dict[str, Any]:
+    """serve.yml once; the run it must serve is zone 1's promoted pointer (earlier tests of the session may
+    have promoted runs after first_run)."""
+    proc = ray_cluster.playbook("serve.yml")
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+    bucket, _, key = first_run["current_uri"].removeprefix("s3://").partition("/")
+    pointer = json.loads(ray_cluster.cloud.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    return {"output": " ".join(proc.stdout.split()), "run_id": pointer["run_id"]}
+
+
+@pytest.fixture(scope="session")
+def serve_api(ray_cluster: RayCluster, served: dict[str, Any]) -> Iterator[ServeApi]:
+    """serve.yml's printed tunnel, run as printed but on a free local port."""
+    match = re.search(r"Tunnel \(leave it running\): (ssh -N .*?@\d+\.\d+\.\d+\.\d+)", served["output"])
+    assert match, served["output"][-3000:]
+    with open_tunnel(match.group(1), [8000]) as ports:
+        yield ServeApi(f"http://127.0.0.1:{ports[8000]}", ray_cluster.secret("serve_token"))

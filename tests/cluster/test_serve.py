@@ -1,102 +1,39 @@
 """serve.yml on the session cluster, after train.yml promoted a model: the API through the real HTTP proxy and
 the printed SSH tunnel, bad input, idempotence and check mode, a promotion rolled forward under load with no
-failed request, and a head restart healed without Ansible. ~6 min on an idle 2-core host (train.yml ~2.5 min
-of it, the head restart ~1.5 min).
+failed request. ~5 min on an idle 2-core host (train.yml ~2.5 min of it). The head restart is in
+test_serve_heal.py, which runs last.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from cluster_helpers import DATASET, RayCluster, open_tunnel, recap
+from cluster_helpers import DATASET, RayCluster, ServeApi, one_row, recap
 
 from rayops.workflow.features import feature_columns
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
 
-@dataclass
-class Api:
-    base: str
-    token: str
-
-    def call(
-        self,
-        path: str,
-        body: Any = None,
-        token: str | None = None,
-        raw: bytes | None = None,
-        content_type: str = "application/json",
-    ) -> tuple[int, Any]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        method = "POST" if data is not None else "GET"
-        request = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310 (loopback)
-        if token is None:
-            token = self.token
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        if data is not None:
-            request.add_header("Content-Type", content_type)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (the tunnel)
-                status, text = response.status, response.read().decode()
-        except urllib.error.HTTPError as err:
-            status, text = err.code, err.read().decode(errors="replace")
-        except OSError as err:  # nothing listening behind the tunnel yet (a restart), a reset connection
-            return -1, str(err)
-        try:
-            return status, json.loads(text)
-        except ValueError:
-            return status, text
-
-
-@pytest.fixture(scope="module")
-def served(ray_cluster: RayCluster, first_run: dict[str, Any]) -> dict[str, Any]:
-    """serve.yml once; the run it must serve is zone 1's promoted pointer (earlier tests of the session may
-    have promoted runs after first_run)."""
-    proc = ray_cluster.playbook("serve.yml")
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
-    bucket, _, key = first_run["current_uri"].removeprefix("s3://").partition("/")
-    pointer = json.loads(ray_cluster.cloud.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
-    return {"output": " ".join(proc.stdout.split()), "run_id": pointer["run_id"]}
-
-
-@pytest.fixture(scope="module")
-def api(ray_cluster: RayCluster, served: dict[str, Any]) -> Iterator[Api]:
-    """serve.yml's printed tunnel, run as printed but on a free local port."""
-    match = re.search(r"Tunnel \(leave it running\): (ssh -N .*?@\d+\.\d+\.\d+\.\d+)", served["output"])
-    assert match, served["output"][-3000:]
-    with open_tunnel(match.group(1), [8000]) as ports:
-        yield Api(f"http://127.0.0.1:{ports[8000]}", ray_cluster.secret("serve_token"))
-
-
-def one_row(api: Api) -> dict[str, float]:
-    status, info = api.call("/zone1/model")
-    assert status == 200, info
-    return dict.fromkeys(info["features"], 1.0)
-
-
-def test_serve_yml_serves_the_promoted_model_on_every_route(served: dict[str, Any], api: Api) -> None:
+def test_serve_yml_serves_the_promoted_model_on_every_route(
+    served: dict[str, Any], serve_api: ServeApi
+) -> None:
     out = served["output"]
     assert f"/zone1: run {served['run_id']}" in out and "equals the predict of that hour" in out
     assert 'curl -s -H "Authorization: Bearer $(cat ' in out and "/serve_token)" in out
-    status, info = api.call("/zone1/model")
+    status, info = serve_api.call("/zone1/model")
     assert status == 200 and info["run_id"] == served["run_id"] and info["features"] == feature_columns()
-    status, body = api.call("/zone1/predict", {"instances": [one_row(api)] * 3})
+    status, body = serve_api.call("/zone1/predict", {"instances": [one_row(serve_api)] * 3})
     assert status == 200 and len(body["predictions"]) == 3 and body["model"]["run_id"] == served["run_id"]
-    assert api.call("/zone1/openapi.json", token="")[0] == 200
+    assert serve_api.call("/zone1/openapi.json", token="")[0] == 200
     # Serve's own health and routes answer without a token.
-    assert api.call("/-/healthz", token="")[0] == 200
-    status, routes = api.call("/-/routes", token="")
+    assert serve_api.call("/-/healthz", token="")[0] == 200
+    status, routes = serve_api.call("/-/routes", token="")
     assert status == 200 and {"/zone1", "/"} <= set(routes)
 
 
@@ -125,11 +62,11 @@ def test_replicas_are_spread_over_nodes(ray_cluster: RayCluster, served: dict[st
     ids=["not json", "no token", "wrong token", "content type", "a string", "no history", "zone not served"],
 )
 def test_bad_input_through_the_proxy_is_a_4xx_sentence(
-    api: Api, path: str, kwargs: dict[str, Any], status: int, words: str
+    serve_api: ServeApi, path: str, kwargs: dict[str, Any], status: int, words: str
 ) -> None:
-    got, body = api.call(path, **kwargs)
+    got, body = serve_api.call(path, **kwargs)
     assert got == status and isinstance(body, dict) and words in body["error"], (got, body)
-    assert api.call("/zone1/predict", {"instances": [one_row(api)]})[0] == 200  # still serving
+    assert serve_api.call("/zone1/predict", {"instances": [one_row(serve_api)]})[0] == 200  # still serving
 
 
 def test_a_second_serve_yml_changes_nothing_and_check_mode_too(
@@ -143,7 +80,7 @@ def test_a_second_serve_yml_changes_nothing_and_check_mode_too(
 
 
 def test_serve_yml_refuses_a_run_it_cannot_serve_with_one_sentence(
-    ray_cluster: RayCluster, served: dict[str, Any], api: Api
+    ray_cluster: RayCluster, served: dict[str, Any], serve_api: ServeApi
 ) -> None:
     """A pinned run that does not exist: one sentence, nothing deployed, the promoted model still served.
     (A zone
@@ -152,7 +89,7 @@ def test_serve_yml_refuses_a_run_it_cannot_serve_with_one_sentence(
     proc = ray_cluster.playbook("serve.yml", "-e", "serve_run_id=no-such-run")
     assert proc.returncode != 0
     assert "zone 1 has no run 'no-such-run'" in " ".join(proc.stdout.split())
-    status, info = api.call("/zone1/model")
+    status, info = serve_api.call("/zone1/model")
     assert status == 200 and info["run_id"] == served["run_id"]
 
 
@@ -160,7 +97,7 @@ def test_serve_yml_refuses_a_run_it_cannot_serve_with_one_sentence(
 class Load:
     """A bounded load loop (4 threads, single-row predicts) through the tunnel, recording every answer."""
 
-    api: Api
+    api: ServeApi
     row: dict[str, float]
     statuses: list[int] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
@@ -179,9 +116,9 @@ class Load:
 
 
 def test_a_promotion_rolls_forward_under_load_with_no_failed_request(
-    ray_cluster: RayCluster, api: Api, served: dict[str, Any]
+    ray_cluster: RayCluster, serve_api: ServeApi, served: dict[str, Any]
 ) -> None:
-    load = Load(api, one_row(api))
+    load = Load(serve_api, one_row(serve_api))
     threads = [threading.Thread(target=load.worker, daemon=True) for _ in range(4)]
     for t in threads:
         t.start()
@@ -199,26 +136,5 @@ def test_a_promotion_rolls_forward_under_load_with_no_failed_request(
     print(f"rollout under load: {len(load.statuses)} requests, {len(failed)} not 200")
     assert load.statuses and not failed, failed[:10]
     assert load.runs[0] == served["run_id"] and load.runs[-1] == "serve-roll"
-    status, info = api.call("/zone1/model")
+    status, info = serve_api.call("/zone1/model")
     assert status == 200 and info["run_id"] == "serve-roll" and info["last_error"] is None
-
-
-def test_a_head_restart_heals_without_ansible(
-    ray_cluster: RayCluster, api: Api, served: dict[str, Any]
-) -> None:
-    row = one_row(api)
-    out = ray_cluster.ssh(ray_cluster.head, "systemctl restart ray-head", timeout=300)
-    assert out.returncode == 0, out.stderr
-    start = time.monotonic()
-    healed = None
-    while time.monotonic() - start < 300:
-        status, _ = api.call("/zone1/predict", {"instances": [row]})
-        if status == 200:
-            healed = time.monotonic() - start
-            break
-        time.sleep(1)
-    print(f"head restart: the API answered again after {healed} s")
-    assert healed is not None, "the API did not answer within 300 s of the head's restart"
-    status, info = api.call("/zone1/model")
-    assert status == 200 and info["run_id"] == "serve-roll"
-    ray_cluster.wait_alive(3, 180)  # the tests after this one need the whole cluster
