@@ -68,6 +68,13 @@ def validate(outputs: Any) -> dict[str, Any]:
             if node[key] in seen:
                 raise ContractError(f"outputs.nodes: {key} {node[key]!r} appears more than once")
             seen.add(node[key])
+    keyed = [n["name"] for n in nodes if n.get("ssh_host_key")]
+    if keyed and len(keyed) != len(nodes):
+        bare = ", ".join(n["name"] for n in nodes if not n.get("ssh_host_key"))
+        raise ContractError(
+            f"outputs.nodes: {bare} carry no ssh_host_key while other nodes do: every node's host key is "
+            "pinned or none is; export the key of every node"
+        )
     return filled
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,13 @@ description:
     The outputs' optional C(s3_env) is laid over that, as it is; the local cloud writes there what its
     nodes need (no EC2 metadata lookup, a region its S3 accepts, a placeholder key pair that is not a
     credential). The plugin knows nothing of any provider.
-  - When the outputs carry C(ssh_private_key_file) the hosts get C(ansible_ssh_private_key_file); when they
-    carry C(ssh_known_hosts_file) the hosts get C(ansible_ssh_common_args) that pin that known-hosts file with
-    strict host key checking. Relative paths in the outputs resolve against the folder of the outputs file,
+  - When the outputs carry C(ssh_private_key_file) the hosts get C(ansible_ssh_private_key_file).
+  - Host keys are pinned, never trusted on first use. When every node carries C(ssh_host_key) (the key Pulumi
+    generates and injects on AWS; the local cloud exports its machines' keys the same way) the plugin writes
+    a known-hosts file of its own under O(known_hosts_dir) with exactly those keys for each node's private and
+    public IP, and the hosts get C(ansible_ssh_common_args) that pin it with C(StrictHostKeyChecking=yes).
+    Otherwise, when the outputs carry C(ssh_known_hosts_file), that file is pinned the same way.
+    Relative paths in the outputs resolve against the folder of the outputs file,
     the state file, or the Pulumi project.
   - C(ansible_ssh_common_args) is merged, never overwritten. A C(compose) entry for it (or the
     O(ssh_common_args) option) adds its options after the ones the plugin writes (the pinned known-hosts
@@ -117,11 +122,17 @@ options:
     default: false
   ssh_common_args:
     description:
-      - SSH options for every host, for example C(-o StrictHostKeyChecking=accept-new), added after the
+      - SSH options for every host, for example C(-o ServerAliveCountMax=6), added after the
         options the plugin writes into C(ansible_ssh_common_args) (and to the hop of O(jump_via_head)).
       - The same as a C(compose) entry for C(ansible_ssh_common_args), which is merged the same way
         (after this option's options) instead of replacing the plugin's.
     type: str
+  known_hosts_dir:
+    description:
+      - Where the plugin writes the known-hosts file of the nodes' C(ssh_host_key)s, one file per cluster and
+        key set (C(CLUSTER-HASH)), replaced only when the keys change.
+    type: path
+    default: ~/.ansible/rayops/known_hosts
 """
 
 EXAMPLES = r"""
@@ -132,13 +143,13 @@ outputs_file: ../.rayops/local/outputs.json
 
 ---
 # inventory/aws.pulumi_stack.yml: ask the Pulumi CLI for the outputs of stack "dev";
-# the workers have no public IP, so hop through the head; new instances' host keys are
-# accepted on first contact, for the head as a hop too (merged with the jump, not replacing it)
+# the workers have no public IP, so hop through the head; the nodes' host keys (exported by
+# the stack) are pinned for the head as a hop too; extra options are merged after them
 plugin: pulumi_stack
 stack: dev
 project_dir: ../pulumi
 jump_via_head: true
-ssh_common_args: -o StrictHostKeyChecking=accept-new
+ssh_common_args: -o ServerAliveCountMax=6
 
 ---
 # Read an exported state file and add constructed groups and variables
@@ -457,6 +468,45 @@ class SshPlan:
         return shlex.join(args) if args else None
 
 
+def known_hosts_lines(outputs: dict[str, Any]) -> list[str] | None:
+    """One known_hosts line per node (its private and public IP, its ``ssh_host_key``), or None when the
+    nodes carry no host keys (the contract allows all or none)."""
+    nodes = outputs["nodes"]
+    if not nodes or not all(n.get("ssh_host_key") for n in nodes):
+        return None
+    lines = []
+    for node in sorted(nodes, key=lambda n: n["name"]):
+        addresses = [node["private_ip"]] + ([node["public_ip"]] if node.get("public_ip") else [])
+        lines.append(f"{','.join(addresses)} {node['ssh_host_key']}")
+    return lines
+
+
+def write_known_hosts(outputs: dict[str, Any], directory: Path) -> Path | None:
+    """The known_hosts file of the nodes' host keys under ``directory`` (written when missing), or None.
+
+    Named by the cluster and a digest of its lines, so two clusters (or two runs of one) never race on one
+    file, and a stack whose keys changed gets a new file rather than a changed one."""
+    lines = known_hosts_lines(outputs)
+    if lines is None:
+        return None
+    text = "\n".join(lines) + "\n"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = directory / f"{outputs['cluster_name']}-{digest}"
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def s3_env(outputs: dict[str, Any]) -> dict[str, str]:
     """The environment for the cluster's S3 on a node (see C(rayops_s3_env) in the documentation)."""
     region: str = outputs["region"]
@@ -487,17 +537,23 @@ def build_hosts(
     use_private_ip: bool = False,
     jump_via_head: bool = False,
     ssh_extra: list[str] | None = None,
+    known_hosts_dir: Path | None = None,
 ) -> list[Host]:
-    """Every node of validated ``outputs`` as a host, head first."""
+    """Every node of validated ``outputs`` as a host, head first.
+
+    The nodes' ``ssh_host_key``s, written under ``known_hosts_dir``, are pinned when they carry them; else
+    the outputs' ``ssh_known_hosts_file``."""
     the_head = head(outputs)
     head_address = connect_address(the_head, use_private_ip)
     ssh_user: str = outputs["ssh_user"]
     key_file = (
         _resolve(outputs["ssh_private_key_file"], base_dir) if outputs.get("ssh_private_key_file") else None
     )
-    known_hosts = (
+    given_known_hosts = (
         _resolve(outputs["ssh_known_hosts_file"], base_dir) if outputs.get("ssh_known_hosts_file") else None
     )
+    written = write_known_hosts(outputs, known_hosts_dir) if known_hosts_dir is not None else None
+    known_hosts = written or given_known_hosts
     common = {
         "ansible_user": ssh_user,
         "ray_head_ip": the_head["private_ip"],
@@ -510,10 +566,10 @@ def build_hosts(
     }
     if key_file is not None:
         common["ansible_ssh_private_key_file"] = str(key_file)
-    if known_hosts is not None:
+    if given_known_hosts is not None:
         # Clouds with pinned host keys (the local cloud) come and go on the same IPs: keep their SSH
         # master connections beside that file, so a master of a removed cloud is never reused.
-        common["ansible_control_path_dir"] = str(Path(known_hosts).parent / "cp")
+        common["ansible_control_path_dir"] = str(Path(given_known_hosts).parent / "cp")
     nodes = [the_head] + [n for n in outputs["nodes"] if n["role"] != "head"]
     hosts = []
     for node in nodes:
@@ -602,13 +658,22 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):  # type: i
             self._cache[cache_key] = kept
 
         ssh_extra = shlex.split(self.get_option("ssh_common_args") or "")
-        hosts = build_hosts(
-            kept,
-            source.base_dir,
-            use_private_ip=bool(self.get_option("use_private_ip")),
-            jump_via_head=bool(self.get_option("jump_via_head")),
-            ssh_extra=ssh_extra,
-        )
+        known_hosts_dir = Path(self.get_option("known_hosts_dir")).expanduser()
+        try:
+            hosts = build_hosts(
+                kept,
+                source.base_dir,
+                use_private_ip=bool(self.get_option("use_private_ip")),
+                jump_via_head=bool(self.get_option("jump_via_head")),
+                ssh_extra=ssh_extra,
+                known_hosts_dir=known_hosts_dir,
+            )
+        except OSError as exc:
+            raise self._fail(
+                path,
+                f"cannot write the nodes' known_hosts file under {known_hosts_dir} ({exc.strerror}): "
+                "set known_hosts_dir to a folder you can write",
+            ) from exc
         self._populate(hosts, ssh_extra)
 
     def _populate(self, hosts: list[Host], ssh_extra: list[str]) -> None:

@@ -3,16 +3,23 @@
 Every node: the given AMI, the cluster security group, the node instance profile, IMDSv2 only
 with a hop limit of 1 (containers on the node cannot reach the instance credentials), an
 encrypted gp3 root volume, tags naming the cluster and the role. Workers may be spot instances.
-Ansible configures the nodes afterwards; there is no user data.
+
+Host keys are pinned before the first connection: the program generates an ed25519 host key per node
+(a ``tls.PrivateKey``, kept as a secret in the stack's state), cloud-init installs it at first boot as
+the node's only host key (user data: ``ssh_keys``, no other key types generated), and the contract
+exports each node's public key (``nodes[].ssh_host_key``), which the inventory plugin pins. Ansible
+configures the nodes afterwards; the user data holds nothing else.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_tls as tls
 
 HEAD = "head"
 WORKER = "worker"
@@ -25,11 +32,16 @@ class Node:
     name: str
     role: str
     instance: aws.ec2.Instance
+    host_key: tls.PrivateKey
 
     def contract_entry(self) -> pulumi.Output[dict[str, Any]]:
         """The node as the stack-output contract describes it (public_ip null when it has none)."""
         return pulumi.Output.all(
-            self.instance.private_ip, self.instance.public_ip, self.instance.id, self.instance.instance_type
+            self.instance.private_ip,
+            self.instance.public_ip,
+            self.instance.id,
+            self.instance.instance_type,
+            self.host_key.public_key_openssh,
         ).apply(
             lambda values: {
                 "name": self.name,
@@ -38,8 +50,23 @@ class Node:
                 "public_ip": values[1] or None,
                 "instance_id": values[2],
                 "instance_type": values[3],
+                "ssh_host_key": " ".join(values[4].split()[:2]),
             }
         )
+
+
+def host_key_user_data(private_openssh: str, public_openssh: str) -> str:
+    """cloud-config that makes the given ed25519 key the node's only SSH host key (before sshd starts)."""
+    document = {
+        "ssh_deletekeys": True,
+        "ssh_genkeytypes": [],
+        "ssh_keys": {
+            "ed25519_private": private_openssh,
+            "ed25519_public": " ".join(public_openssh.split()[:2]),
+        },
+    }
+    # JSON is YAML: cloud-init reads it after the #cloud-config line.
+    return "#cloud-config\n" + json.dumps(document, indent=2) + "\n"
 
 
 @dataclass(frozen=True)
@@ -102,6 +129,16 @@ class Cluster(pulumi.ComponentResource):
             if spot
             else None
         )
+        host_key = tls.PrivateKey(
+            f"{node_name}-host-key",
+            algorithm="ED25519",
+            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["private_key_openssh"]),
+        )
+        user_data: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.all(host_key.private_key_openssh, host_key.public_key_openssh).apply(
+                lambda keys: host_key_user_data(str(keys[0]), str(keys[1]))
+            )
+        )
         instance = aws.ec2.Instance(
             node_name,
             ami=args.ami_id,
@@ -124,8 +161,11 @@ class Cluster(pulumi.ComponentResource):
                 tags={**args.tags, "Name": f"{node_name}-root"},
             ),
             instance_market_options=market,
+            user_data=user_data,
+            # cloud-init installs the host key at the first boot only: a new key needs a new instance.
+            user_data_replace_on_change=True,
             tags={**args.tags, "Name": node_name, "rayops:role": role},
             # A newer AMI (most_recent lookup) must not replace running nodes on the next `pulumi up`.
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["ami"]),
         )
-        return Node(node_name, role, instance)
+        return Node(node_name, role, instance, host_key)

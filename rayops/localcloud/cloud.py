@@ -197,6 +197,8 @@ class LocalCloud:
                     "public_ip": None,
                     "instance_id": f"nspawn-{m.name}",
                     "instance_type": "nspawn",
+                    # The same key the AWS stack exports for its nodes: the inventory plugin pins it.
+                    "ssh_host_key": machines.host_public_key(self.spec, m),
                     # Every machine sees all of the host's cores and memory: Ray gets a small, fixed share.
                     "ray_resources": dict(RAY_RESOURCES),
                 }

@@ -97,13 +97,16 @@ def launch(spec: CloudSpec, m: Machine) -> int:
     return proc.pid
 
 
+def host_public_key(spec: CloudSpec, m: Machine) -> str:
+    """The machine's ed25519 host key as "ssh-ed25519 BASE64" (without the comment)."""
+    pub = (m.dir(spec) / "rootfs/etc/ssh/ssh_host_ed25519_key.pub").read_text(encoding="utf-8")
+    keytype, key = pub.split()[:2]
+    return f"{keytype} {key}"
+
+
 def write_known_hosts(spec: CloudSpec, machines: list[Machine]) -> None:
     """The exact host keys of the machines, for the controller's ssh."""
-    lines = []
-    for m in machines:
-        pub = (m.dir(spec) / "rootfs/etc/ssh/ssh_host_ed25519_key.pub").read_text(encoding="utf-8")
-        keytype, key = pub.split()[:2]
-        lines.append(f"{m.name},{m.ip} {keytype} {key}")
+    lines = [f"{m.name},{m.ip} {host_public_key(spec, m)}" for m in machines]
     spec.known_hosts_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -116,6 +116,9 @@ def test_known_hosts_is_exact_so_ssh_never_trusts_on_first_use(local_cloud: Loca
     assert len(lines) == 3
     proc = ssh(local_cloud, "rtest-head", "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
     assert proc.stdout.split()[1] == lines[0].split()[2]
+    # The contract carries the same keys, as the AWS stack does for its nodes (the plugin pins them).
+    nodes = json.loads(local_cloud.outputs_path.read_text())["nodes"]
+    assert [n["ssh_host_key"] for n in nodes] == [" ".join(line.split()[1:3]) for line in lines]
 
 
 def test_up_twice_changes_nothing(local_cloud: LocalCloud) -> None:

@@ -12,6 +12,8 @@ from types import ModuleType
 from typing import Any
 
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from rayops.ansible_env import REPO
 
@@ -25,6 +27,12 @@ from ansible.parsing.dataloader import DataLoader  # noqa: E402
 from ansible.plugins.loader import inventory_loader  # noqa: E402
 
 inventory_loader.add_directory(str(PLUGIN_DIR))
+
+
+def host_public_key() -> str:
+    """A new ed25519 public key as a contract node's ``ssh_host_key`` ("ssh-ed25519 BASE64")."""
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
 def load_fixture(name: str) -> dict[str, Any]:

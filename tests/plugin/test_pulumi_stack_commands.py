@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pulumi_stack_helpers import REPO, load_fixture, ssh_config, write_config, write_outputs
+from pulumi_stack_helpers import REPO, host_public_key, load_fixture, ssh_config, write_config, write_outputs
 
 BIN = Path(sys.executable).parent
 
@@ -130,38 +130,33 @@ def test_ansible_doc_renders_the_plugin():
     assert doc["options"]["plugin"]["choices"] == ["pulumi_stack"]
 
 
-def test_the_aws_inventorys_compose_keeps_the_jump_via_head(tmp_path):
-    """inventory/aws.pulumi_stack.yml composes ansible_ssh_common_args (accept new host keys); with
-    `jump_via_head: true` that once replaced the jump. Both must reach the worker, and the hop."""
+def test_the_aws_inventory_pins_the_stacks_host_keys_through_the_jump(tmp_path):
+    """inventory/aws.pulumi_stack.yml on outputs with the nodes' host keys (what the stack exports) and
+    `jump_via_head: true`: the head and the hop to it are pinned to the plugin's known_hosts file with strict
+    checking (once this config composed accept-new, trust on first use, and that once replaced the jump)."""
     repo_config = (REPO / "inventory" / "aws.pulumi_stack.yml").read_text(encoding="utf-8")
-    assert "ansible_ssh_common_args" in repo_config, "the test needs the AWS config's compose entry"
     # The same config on saved outputs instead of the Pulumi CLI (as its own comments describe).
     text = repo_config.replace("stack: dev\n", "outputs_file: outputs.json\n").replace(
         "project_dir: ../pulumi\n", ""
     )
     config = tmp_path / "aws.pulumi_stack.yml"
-    config.write_text(text + "jump_via_head: true\n", encoding="utf-8")
-    write_outputs(tmp_path, load_fixture("aws_public.json"))
+    config.write_text(text + f"jump_via_head: true\nknown_hosts_dir: {tmp_path / 'kh'}\n", encoding="utf-8")
+    outputs = load_fixture("aws_public.json")
+    for node in outputs["nodes"]:
+        node["ssh_host_key"] = host_public_key()
+    write_outputs(tmp_path, outputs)
 
     done = run("ansible-inventory", "-i", str(config), "--list")
 
     assert done.returncode == 0, done.stderr
+    (pinned,) = list((tmp_path / "kh").iterdir())
+    strict = ["-o", f"UserKnownHostsFile={pinned}", "-o", "StrictHostKeyChecking=yes"]
     hostvars = plain(json.loads(done.stdout))["_meta"]["hostvars"]
-    assert shlex.split(hostvars["ray-head"]["ansible_ssh_common_args"]) == [
-        "-o",
-        "StrictHostKeyChecking=accept-new",
-    ]
+    assert shlex.split(hostvars["ray-head"]["ansible_ssh_common_args"]) == strict
     worker = hostvars["ray-worker-1"]
     resolved = ssh_config(
         [*shlex.split(worker["ansible_ssh_common_args"]), f"admin@{worker['ansible_host']}"]
     )
     assert resolved["hostname"] == "10.0.1.11"
-    assert resolved["stricthostkeychecking"] == "accept-new"
-    assert shlex.split(resolved["proxycommand"]) == [
-        "ssh",
-        "-W",
-        "%h:%p",
-        "-o",
-        "StrictHostKeyChecking=accept-new",
-        "admin@203.0.113.10",
-    ]
+    assert resolved["stricthostkeychecking"] == "true"
+    assert shlex.split(resolved["proxycommand"]) == ["ssh", "-W", "%h:%p", *strict, "admin@203.0.113.10"]

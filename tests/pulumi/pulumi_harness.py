@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
@@ -52,6 +54,12 @@ INSTANCE_TYPES: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+def secret_value(value: Any) -> Any:
+    """The plain value of an input the program marked secret (the mocks see Pulumi's secret wrapper)."""
+    assert isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig, value
+    return value["value"]
+
+
 def openssh_ed25519_public_key(comment: str = "user@laptop") -> str:
     """A well-formed OpenSSH ed25519 public key line (key type, base64 blob, comment)."""
     key_type = b"ssh-ed25519"
@@ -62,6 +70,9 @@ def openssh_ed25519_public_key(comment: str = "user@laptop") -> str:
 
 def _suffix(name: str, length: int = 7) -> str:
     return hashlib.sha1(name.encode()).hexdigest()[:length]  # noqa: S324 - a name suffix, not security
+
+
+_OPENSSH_PRIVATE: dict[str, str] = {}
 
 
 @dataclass
@@ -121,6 +132,26 @@ class AwsMocks(pulumi.runtime.Mocks):
             state["name"] = inputs.get("name") or f"{name}-{_suffix(name)}"
             state["arn"] = f"arn:aws:iam::{ACCOUNT}:instance-profile/{state['name']}"
             resource_id = state["name"]
+        elif typ == "tls:index/privateKey:PrivateKey":
+            # What the TLS provider does for algorithm ED25519: a key pair, both halves in OpenSSH form (here
+            # derived from the name, so two runs of the program make the same stack and nodes differ).
+            assert inputs.get("algorithm") == "ED25519", inputs
+            key = ed25519.Ed25519PrivateKey.from_private_bytes(hashlib.sha256(name.encode()).digest())
+            # OpenSSH's private format holds a random check number: one text per name, as the state keeps it.
+            state["privateKeyOpenssh"] = _OPENSSH_PRIVATE.setdefault(
+                name,
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.OpenSSH,
+                    serialization.NoEncryption(),
+                ).decode(),
+            )
+            state["publicKeyOpenssh"] = (
+                key.public_key()
+                .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+                .decode()
+                + "\n"
+            )
         self.resources.append(Resource(typ, name, inputs, state, resource_id))
         return resource_id, state
 

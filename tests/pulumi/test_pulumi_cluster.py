@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from pulumi_harness import ARM_AMI, UBUNTU_AMI, Resource, RunStack, openssh_ed25519_public_key
+from pulumi_harness import ARM_AMI, UBUNTU_AMI, Resource, RunStack, openssh_ed25519_public_key, secret_value
 
 from rayops_aws.settings import ConfigError
 
@@ -17,9 +19,11 @@ def _instances(run_stack: RunStack, **overrides: object) -> list[Resource]:
 @pytest.mark.parametrize("workers", [0, 1, 5])
 def test_head_plus_worker_count_nodes(run_stack: RunStack, workers: int) -> None:
     run = run_stack({"rayops:workerCount": workers})
-    names = [i.name for i in run.of_type(INSTANCE)]
+    # Instances register once their host keys exist, in no fixed order: compare by name.
+    instances = sorted(run.of_type(INSTANCE), key=lambda i: i.name)
+    names = [i.name for i in instances]
     assert names == ["rayops-dev-head"] + [f"rayops-dev-worker-{n}" for n in range(1, workers + 1)]
-    roles = [i.inputs["tags"]["rayops:role"] for i in run.of_type(INSTANCE)]
+    roles = [i.inputs["tags"]["rayops:role"] for i in instances]
     assert roles == ["head"] + ["worker"] * workers
 
 
@@ -148,9 +152,13 @@ def test_an_existing_key_pair_can_be_named(run_stack: RunStack) -> None:
     assert {i.inputs["keyName"] for i in run.of_type(INSTANCE)} == {"team-key"}
 
 
-def test_nodes_get_no_user_data_and_no_secrets(run_stack: RunStack) -> None:
+def test_user_data_holds_the_host_key_only(run_stack: RunStack) -> None:
+    """The one thing the user data carries is the node's SSH host key (test_pulumi_host_keys.py)."""
     for instance in _instances(run_stack):
-        assert not instance.inputs.get("userData") and not instance.inputs.get("userDataBase64")
+        assert not instance.inputs.get("userDataBase64")
+        header, _, body = secret_value(instance.inputs["userData"]).partition("\n")
+        assert header == "#cloud-config"
+        assert set(json.loads(body)) == {"ssh_deletekeys", "ssh_genkeytypes", "ssh_keys"}, instance.name
 
 
 def test_every_resource_belongs_to_one_of_the_four_components(run_stack: RunStack) -> None:
