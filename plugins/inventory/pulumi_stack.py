@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -623,7 +624,17 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):  # type: i
                 f"the rayops package cannot be imported ({_CONTRACT_IMPORT_ERROR}): "
                 "run `make setup` and use the ansible commands from .venv/bin",
             ) from _CONTRACT_IMPORT_ERROR
-        self._read_config_data(path)
+        config = self._read_config_data(path)
+        unknown = sorted(str(name) for name in config if name not in self._options)
+        if unknown:
+            known = sorted(self._options)
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise self._fail(
+                path,
+                f"{unknown[0]!r} is not an option of this plugin{hint}: fix or remove it; the options are "
+                f"{', '.join(known)} (ansible-doc -t inventory pulumi_stack)",
+            )
         config_dir = Path(path).resolve().parent
         try:
             source = select_source(

@@ -77,7 +77,7 @@ class ClusterArgs:
     ami_id: str
     subnet_ids: list[pulumi.Output[str]]
     security_group_id: pulumi.Output[str]
-    instance_profile: pulumi.Output[str]
+    instance_profiles: dict[str, pulumi.Output[str]]  # head/worker -> instance profile name
     ssh_public_key: str | None
     key_name: str | None
     head_instance_type: str
@@ -145,7 +145,7 @@ class Cluster(pulumi.ComponentResource):
             instance_type=args.head_instance_type if role == HEAD else args.worker_instance_type,
             subnet_id=subnet_id,
             vpc_security_group_ids=[args.security_group_id],
-            iam_instance_profile=args.instance_profile,
+            iam_instance_profile=args.instance_profiles[role],
             key_name=self.key_name,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_endpoint="enabled",

@@ -1,4 +1,9 @@
-"""Network: a VPC with public subnet(s), an internet gateway and the cluster's security group.
+"""Network: a VPC with public subnet(s), an internet gateway, an S3 gateway endpoint and the cluster's
+security group.
+
+The nodes reach S3 through the gateway endpoint (a route in the subnets' route table, no NAT, no
+charge); the bucket policies refuse the nodes' roles any request that does not come through it
+(``aws:SourceVpce``), so credentials taken from a node's metadata service are useless elsewhere.
 
 Inbound traffic is SSH from ``allowed_ssh_cidrs`` and traffic between members of the security
 group (Ray's GCS, object manager and worker ports). Nothing else: the Ray dashboard and JupyterLab
@@ -32,6 +37,7 @@ class NetworkArgs:
     vpc_cidr: str
     availability_zones: tuple[str, ...]
     allowed_ssh_cidrs: tuple[str, ...]
+    region: str = "us-east-1"  # for the S3 endpoint's service name
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -41,6 +47,7 @@ class Network(pulumi.ComponentResource):
     vpc: aws.ec2.Vpc
     subnets: list[aws.ec2.Subnet]
     security_group: aws.ec2.SecurityGroup
+    s3_endpoint: aws.ec2.VpcEndpoint
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("rayops:aws:Network", name, None, opts)
@@ -94,6 +101,15 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
             self.subnets.append(subnet)
+        self.s3_endpoint = aws.ec2.VpcEndpoint(
+            f"{name}-s3-endpoint",
+            vpc_id=self.vpc.id,
+            service_name=f"com.amazonaws.{args.region}.s3",
+            vpc_endpoint_type="Gateway",
+            route_table_ids=[route_table.id],
+            tags=tags(f"{name}-s3-endpoint"),
+            opts=child,
+        )
 
         self.security_group = aws.ec2.SecurityGroup(
             f"{name}-nodes-sg",
@@ -136,5 +152,6 @@ class Network(pulumi.ComponentResource):
                 "vpc_id": self.vpc.id,
                 "subnet_ids": [subnet.id for subnet in self.subnets],
                 "security_group_id": self.security_group.id,
+                "s3_endpoint_id": self.s3_endpoint.id,
             }
         )

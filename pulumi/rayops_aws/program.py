@@ -111,6 +111,7 @@ def build(settings: Settings) -> dict[str, Any]:
             vpc_cidr=settings.vpc_cidr,
             availability_zones=zones,
             allowed_ssh_cidrs=settings.allowed_ssh_cidrs,
+            region=region,
             tags=tags,
         ),
     )
@@ -127,10 +128,12 @@ def build(settings: Settings) -> dict[str, Any]:
         settings.cluster_name,
         NodeIdentityArgs(
             cluster_name=settings.cluster_name,
-            bucket_arns=[bucket.arn for bucket in storage.buckets.values()],
+            bucket_arns={kind: bucket.arn for kind, bucket in storage.buckets.items()},
             tags=tags,
         ),
     )
+    # The bucket policies: TLS only, and the nodes' roles only through the VPC's S3 gateway endpoint.
+    storage.restrict(network.s3_endpoint.id, [role.arn for role in identity.roles.values()])
     cluster = Cluster(
         settings.cluster_name,
         ClusterArgs(
@@ -138,7 +141,7 @@ def build(settings: Settings) -> dict[str, Any]:
             ami_id=ami.id,
             subnet_ids=[subnet.id for subnet in network.subnets],
             security_group_id=network.security_group.id,
-            instance_profile=identity.instance_profile.name,
+            instance_profiles={role: profile.name for role, profile in identity.instance_profiles.items()},
             ssh_public_key=settings.ssh_public_key,
             key_name=settings.key_name,
             head_instance_type=settings.head_instance_type,

@@ -36,6 +36,11 @@ MIN_HEAD_MEMORY_MIB = 8 * 1024
 MIN_WORKER_MEMORY_MIB = 4 * 1024
 
 DEFAULT_WORKER_COUNT = 2
+#: More workers than this is a typo or a new kind of cluster (the security group's all-to-all rule,
+#: one head, one subnet per zone): refused with a sentence.
+MAX_WORKER_COUNT = 64
+#: Addresses AWS keeps in every subnet (network, router, DNS, reserved, broadcast).
+AWS_RESERVED_PER_SUBNET = 5
 DEFAULT_ROOT_VOLUME_GB = 100
 MIN_ROOT_VOLUME_GB = 20
 MAX_ROOT_VOLUME_GB = 16384
@@ -261,6 +266,25 @@ def _vpc_cidr(config: pulumi.Config) -> str:
     return str(network)
 
 
+def check_subnets_fit(vpc_cidr: str, worker_count: int, subnets: int) -> None:
+    """Refuse a VPC range whose subnets (1/16 of it each, network.py) cannot hold the nodes placed in them:
+    the head and every ``subnets``-th worker go to the first subnet (cluster.py)."""
+    from .network import subnet_cidrs
+
+    first = ipaddress.IPv4Network(subnet_cidrs(vpc_cidr, subnets)[0])
+    usable = first.num_addresses - AWS_RESERVED_PER_SUBNET
+    nodes = 1 + sum(1 for index in range(1, worker_count + 1) if index % subnets == 0)
+    if nodes > usable:
+        key = _key("vpcCidr")
+        need = next(p for p in range(24, 15, -1) if 2 ** (32 - p - 4) - AWS_RESERVED_PER_SUBNET >= nodes)
+        wider = ipaddress.IPv4Network(vpc_cidr).supernet(new_prefix=need)
+        raise ConfigError(
+            f"{key} {vpc_cidr} gives /{first.prefixlen} subnets ({usable} usable addresses each), too small "
+            f"for the {nodes} nodes of the first subnet with rayops:workerCount {worker_count}: run "
+            f"`pulumi config set {key} {wider}` (a /{need}) or lower rayops:workerCount"
+        )
+
+
 def _instance_type(config: pulumi.Config, name: str, default: str) -> str:
     value = _str_or(config, name, default)
     if not INSTANCE_TYPE_RE.match(value):
@@ -326,20 +350,25 @@ def load_settings(config: pulumi.Config, project: str, stack: str) -> Settings:
             f"run `pulumi config set {_key('sshUser')} {DEFAULT_SSH_USER}`"
         )
 
+    worker_count = _int(config, "workerCount", DEFAULT_WORKER_COUNT, 0, MAX_WORKER_COUNT)
+    vpc_cidr = _vpc_cidr(config)
+    second_az = _bool(config, "secondAz")
+    check_subnets_fit(vpc_cidr, worker_count, 2 if second_az else 1)
+
     return Settings(
         cluster_name=cluster_name,
         allowed_ssh_cidrs=parse_ssh_cidrs(config.get("allowedSshCidrs")),
         ssh_public_key=ssh_public_key,
         key_name=key_name,
-        worker_count=_int(config, "workerCount", DEFAULT_WORKER_COUNT, 0),
+        worker_count=worker_count,
         head_instance_type=_instance_type(config, "headInstanceType", DEFAULT_HEAD_INSTANCE_TYPE),
         worker_instance_type=_instance_type(config, "workerInstanceType", DEFAULT_WORKER_INSTANCE_TYPE),
         spot_workers=_bool(config, "spotWorkers"),
         root_volume_size_gb=_int(
             config, "rootVolumeSizeGb", DEFAULT_ROOT_VOLUME_GB, MIN_ROOT_VOLUME_GB, MAX_ROOT_VOLUME_GB
         ),
-        vpc_cidr=_vpc_cidr(config),
-        second_az=_bool(config, "secondAz"),
+        vpc_cidr=vpc_cidr,
+        second_az=second_az,
         ami_id=ami_id,
         ami_owner=ami_owner,
         ami_name_filter=ami_name_filter,

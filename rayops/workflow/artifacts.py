@@ -3,13 +3,16 @@
 Layout (``<zone>`` is ``zone1``, ``zone2`` or ``zone3``; the keys are built only by :class:`Layout`
 and :func:`raw_key`):
 
-* raw bucket: ``datasets/<file name>`` (the validated CSV, one S3 version per distinct content).
+* raw bucket: ``datasets/sha256/<hex>.csv`` (the validated CSV, named by the SHA-256 of its bytes, so
+  a later upload, even of a file with the same name, never makes a pinned version noncurrent).
 * features bucket: ``<zone>/runs/<run id>/data/`` (Parquet), ``<zone>/runs/<run id>/manifest.json``
-  and ``<zone>/latest.json`` (a copy of the newest manifest).
+  and ``<zone>/newest-features-manifest.json`` (a copy of the manifest of the newest run that got as
+  far as its features: not a trained or promoted model, see ``current.json`` for that).
 * models bucket: ``<zone>/runs/<run id>/model.ubj`` (XGBoost's own binary format),
   ``<zone>/runs/<run id>/metadata.json``, ``<zone>/ray-train/<run id>/`` (Ray Train's storage, with a
   worker group only) and ``<zone>/current.json`` (the pointer, written on promotion only).
-* results bucket: ``runs/<run id>/metrics.json`` (written last), ``runs/<run id>/report.md`` and its
+* results bucket: ``runs/<run id>/run.json`` (the run id's claim, written first, only if absent),
+  ``runs/<run id>/metrics.json`` (written before the pointer), ``runs/<run id>/report.md`` and its
   PNG plots.
 
 The objects: :func:`features_manifest`, :func:`metrics_record` (metrics.json, also the job's
@@ -47,10 +50,11 @@ UNITS = {"rmse": "target units", "mae": "target units", "mape": "percent", "r2":
 # ------------------------------------------------------------------------------------- layout
 
 
-def raw_key(name: str) -> str:
-    """The raw bucket's key of a dataset file (one key per file name)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "dataset.csv"
-    return f"{RAW_PREFIX}/{safe}"
+def raw_key(sha256: str) -> str:
+    """The raw bucket's key of a dataset: its content's SHA-256 (one key per distinct content)."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ValueError(f"raw_key needs a SHA-256 hex digest, got {sha256!r}")
+    return f"{RAW_PREFIX}/sha256/{sha256}.csv"
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,9 @@ class Layout:
         return f"{self.run_base}/manifest.json"
 
     @property
-    def latest_manifest_key(self) -> str:
-        return f"{self.prefix}/latest.json"
+    def newest_manifest_key(self) -> str:
+        """A copy of the newest run's features manifest (written before training: not "last good")."""
+        return f"{self.prefix}/newest-features-manifest.json"
 
     # models bucket
     @property
@@ -105,6 +110,11 @@ class Layout:
     @property
     def results_base(self) -> str:
         return f"runs/{self.run_id}"
+
+    @property
+    def claim_key(self) -> str:
+        """The run id's claim, written once (``IfNoneMatch``) before anything else of the run."""
+        return f"{self.results_base}/run.json"
 
     @property
     def metrics_key(self) -> str:

@@ -12,11 +12,12 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rayops.workflow.config import (
     FEATURE_EXECUTORS,
@@ -29,6 +30,7 @@ from rayops.workflow.config import (
     default_of,
     new_run_id,
     option_defaults,
+    parse_option_value,
 )
 from rayops.workflow.errors import ConfigError, NotPromotedError, WorkflowError
 
@@ -50,28 +52,27 @@ def _setup_logging(stream: Any) -> None:
     logger.setLevel(logging.INFO)
 
 
-def _optional_float(text: str) -> float | None:
-    if text.lower() in ("", "none", "off"):
-        return None
-    return float(text)
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one ``[rayops] error:`` sentence (exit 2), not the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        message = re.sub(r"^argument (--[a-z-]+): (?=\1 )", "", message)  # our sentence names it already
+        print(f"[rayops] error: {message}: see {self.prog} --help", file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
-def _workers(text: str) -> int | None:
-    """``--num-workers``: 'auto' or a whole number (range checked by WorkflowConfig)."""
-    if text.strip().lower() in ("auto", ""):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a whole number") from None
+def _typed(option: Option) -> Callable[[str], Any]:
+    """The option's parser for argparse (the one train.yml's check uses, see parse_option_value)."""
 
+    def convert(text: str) -> Any:
+        try:
+            return parse_option_value(option, text)
+        except ConfigError as err:
+            if option.kind == "workers":
+                raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a whole number") from None
+            raise argparse.ArgumentTypeError(str(err)) from None
 
-_TYPES: dict[str, Callable[[str], Any]] = {
-    "int": int,
-    "float": float,
-    "optional_float": _optional_float,
-    "workers": _workers,
-}
+    return convert
 
 
 def _shown(option: Option) -> str:
@@ -82,11 +83,11 @@ def _shown(option: Option) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m rayops.workflow",
         description="The rayops ML workflow: raw data -> features -> XGBoost on Ray -> promoted model.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser(
         "run",
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     for option in OPTIONS:
         run.add_argument(
             option.flag,
-            type=_TYPES[option.kind],
+            type=_typed(option),
             default=option.default,
             help=f"{option.help} (default: {_shown(option)})",
         )
@@ -147,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the options a run may tune, with their defaults (train.yml's train_params keys)",
     )
     options.add_argument("--json", action="store_true", help="one JSON object {name: default}")
+
+    check = sub.add_parser(
+        "check",
+        help="check train.yml's train_params (JSON) and dataset by a run's rules, before anything runs",
+    )
+    check.add_argument("--params", default="{}", help="JSON object of option names and values")
+    check.add_argument("--dataset", default=default_of(WorkflowConfig, "dataset"))
 
     resolve = sub.add_parser(
         "resolve-dataset",
@@ -265,6 +273,29 @@ def cmd_options(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """One sentence and exit 2 for the first bad value of ``--params`` (train.yml's train_params)."""
+    try:
+        try:
+            params = json.loads(args.params)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"train_params is not JSON ({err.msg}): pass a mapping of options") from err
+        if not isinstance(params, dict):
+            raise ConfigError(
+                f"train_params is {params!r}: pass a mapping of options such as {{max_depth: 6}}"
+            )
+        known = {option.name: option for option in OPTIONS}
+        values = {
+            name: parse_option_value(known[name], value, f"train_params.{name}") if name in known else value
+            for name, value in params.items()
+        }
+        placeholder = Buckets("check-raw", "check-features", "check-models", "check-results")
+        config_from_options(values, buckets=placeholder, dataset=args.dataset)
+    except ConfigError as err:
+        return _fail(err)
+    return 0
+
+
 def cmd_resolve(args: argparse.Namespace) -> int:
     from rayops.workflow import ingest
     from rayops.workflow.s3 import S3Store, split_s3_uri
@@ -292,4 +323,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "options":
         return cmd_options(args)
+    if args.command == "check":
+        return cmd_check(args)
     return cmd_resolve(args)

@@ -28,6 +28,8 @@ SEED_REFERENCE = {"target_zone": 1, "rmse": 8029.0, "mae": 5502.0}
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENDPOINT_RE = re.compile(r"^https?://[^/\s:@]+(:[0-9]{1,5})?/?$")
+#: Hosts a plain http:// dataset URL may name (a server on the machine itself, as the tests use).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,12 @@ class Thresholds:
     max_rmse: float | None = None
     max_mae: float | None = None
     max_mape: float | None = None  # percent
+    #: How much higher (relative: 0.01 is 1 %) the holdout RMSE may be than the live model's on the
+    #: same holdout; 0: no worse. The first model of a zone has nothing to beat.
+    live_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
+        _check_float("--live-tolerance", self.live_tolerance, 0.0, 1.0)
         if self.min_r2 is not None:
             _check_float("--min-r2", self.min_r2, -1e9, 1.0)
         for flag, value in (
@@ -202,6 +208,7 @@ class WorkflowConfig:
             )
         if not self.dataset.strip():
             raise ConfigError("--dataset is empty: pass a path, an s3:// URI or an https:// URL")
+        check_dataset_url(self.dataset)
         if self.num_workers is not None:
             _check_int("--num-workers", self.num_workers, 0, 1024)
         if self.features_executor not in FEATURE_EXECUTORS:
@@ -278,12 +285,66 @@ OPTIONS = (
     Option("max_mae", Thresholds, "optional_float", "promotion gate on holdout MAE ('none': off)"),
     Option("max_mape", Thresholds, "optional_float", "promotion gate on holdout MAPE, percent ('none': off)"),
     Option(
+        "live_tolerance",
+        Thresholds,
+        "float",
+        "how much worse (relative holdout RMSE, 0.01 = 1 %) than the live model on the same holdout a "
+        "promoted model may be",
+    ),
+    Option(
         "report_every",
         WorkflowConfig,
         "int",
         "rounds between progress lines (Ray Train gets one report, with the models, at the end)",
     ),
 )
+
+
+def check_dataset_url(dataset: str) -> None:
+    """Refuse plain http:// (anyone on the path can change the data) except from this machine itself."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(dataset)
+    if parts.scheme.lower() == "http" and (parts.hostname or "") not in LOOPBACK_HOSTS:
+        shown = f"http://{parts.hostname or ''}{parts.path}"
+        raise ConfigError(
+            f"--dataset {shown} is plain HTTP, which anyone on the way can alter: use its https:// URL, "
+            "or copy the file to the raw bucket and pass its s3:// URI"
+        )
+
+
+_KIND_TEXT = {
+    "int": "a whole number",
+    "float": "a number",
+    "optional_float": "a number or none",
+    "workers": "auto or a whole number",
+}
+
+
+def parse_option_value(option: Option, value: Any, where: str | None = None) -> Any:
+    """An option's value as a run takes it, from the text of a command line or a JSON value
+    (train.yml's ``train_params``); anything else raises ConfigError naming the value."""
+    where = where or option.flag
+    text = value.strip() if isinstance(value, str) else value
+    try:
+        if isinstance(text, bool):
+            raise ValueError
+        if option.kind == "optional_float" and (text is None or str(text).lower() in ("", "none", "off")):
+            return None
+        if option.kind == "workers" and (text is None or str(text).lower() in ("", "auto")):
+            return None
+        if option.kind in ("int", "workers"):
+            if isinstance(text, float) and text.is_integer():
+                return int(text)
+            if isinstance(text, float):
+                raise ValueError
+            return int(text)
+        return float(text)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where} is {value!r}, which is not {_KIND_TEXT[option.kind]}: pass e.g. "
+            f"{'auto' if option.default is None and option.kind == 'workers' else option.default}"
+        ) from None
 
 
 def option_defaults() -> dict[str, Any]:

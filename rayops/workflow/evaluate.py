@@ -69,9 +69,28 @@ class Decision:
         return "; ".join(self.reasons)
 
 
-def decide_promotion(xgb: Metrics, baseline: Metrics, thresholds: Thresholds) -> Decision:
-    """Promote only if XGBoost beats the baseline's holdout RMSE and meets every threshold."""
+def decide_promotion(
+    xgb: Metrics,
+    baseline: Metrics,
+    thresholds: Thresholds,
+    live: Metrics | None = None,
+    live_run: str | None = None,
+    live_problem: str | None = None,
+) -> Decision:
+    """Promote only if XGBoost beats the baseline's holdout RMSE, meets every threshold and is no worse
+    than the live model (``live``: its metrics on the same holdout; None: no live model) by more than
+    ``thresholds.live_tolerance``; ``live_problem`` says why the live model could not be scored."""
     reasons = []
+    if live_problem:
+        reasons.append(f"{live_problem}, so the new model cannot be compared with it")
+    if live is not None:
+        allowed = live["rmse"] * (1.0 + thresholds.live_tolerance)
+        if not xgb["rmse"] <= allowed:
+            reasons.append(
+                f"xgboost's holdout RMSE {xgb['rmse']:.1f} is worse than the live model's (run {live_run}) "
+                f"{live['rmse']:.1f} on the same holdout by more than --live-tolerance "
+                f"{thresholds.live_tolerance:g}"
+            )
     if not xgb["rmse"] < baseline["rmse"]:
         reasons.append(
             f"xgboost's holdout RMSE {xgb['rmse']:.1f} does not beat the baseline's {baseline['rmse']:.1f}"

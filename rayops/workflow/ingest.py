@@ -28,9 +28,9 @@ import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 
 from rayops.workflow.artifacts import raw_key
-from rayops.workflow.config import UCI_URL
+from rayops.workflow.config import UCI_URL, Buckets
 from rayops.workflow.errors import DataError
-from rayops.workflow.s3 import S3Store, describe_s3_error, split_s3_uri
+from rayops.workflow.s3 import PreconditionFailed, S3Store, describe_s3_error, split_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ EXPECTED_ROWS = 52_416
 MAX_LAG_HOURS = 168
 MIN_TRAIN_HOURS = 168
 MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
+#: The most any dataset may hold, wherever it comes from (train.yml checks a controller file against it too).
+MAX_DATASET_BYTES = MAX_DOWNLOAD_BYTES
 CACHE_NAME = "tetouan-power-consumption.csv"
 
 WEATHER = ("temperature", "humidity", "wind_speed", "general_diffuse_flows", "diffuse_flows")
@@ -187,8 +189,20 @@ def _extract_csv(data: bytes, source: str) -> tuple[str, bytes]:
         return Path(member.filename).name, archive.read(member)
 
 
-def fetch(source: str, store: S3Store | None = None, timeout: float = 120.0) -> Fetched:
-    """Read the dataset from a path, an s3:// URI or an http(s):// URL; unpack a zip archive."""
+def _too_large(source: str, size: int) -> DataError:
+    return DataError(
+        f"the dataset {redact(source)} is {size / 2**20:,.1f} MiB, more than the "
+        f"{MAX_DATASET_BYTES // 2**20} MiB the workflow reads: pass the Tetouan CSV or its zip"
+    )
+
+
+def fetch(
+    source: str, store: S3Store | None = None, timeout: float = 120.0, cluster_buckets: Buckets | None = None
+) -> Fetched:
+    """Read the dataset from a path, an s3:// URI or an http(s):// URL; unpack a zip archive.
+
+    ``cluster_buckets``: the buckets the nodes' role may read; an s3:// dataset elsewhere that S3 refuses
+    gets a sentence saying to copy it into the raw bucket."""
     scheme = urlsplit(source).scheme
     if scheme in ("http", "https"):
         try:
@@ -203,14 +217,32 @@ def fetch(source: str, store: S3Store | None = None, timeout: float = 120.0) -> 
             raise _unreachable(source, "not of the form s3://bucket/key") from err
         store = store or S3Store()
         try:
+            try:  # the size first: a file over the cap is refused without reading it
+                size = int(store.client.head_object(Bucket=bucket, Key=key).get("ContentLength", 0))
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("AccessDenied", "403"):
+                    raise
+                size = 0  # missing and the like: get_object below says it in S3's own words
+            if size > MAX_DATASET_BYTES:
+                raise _too_large(source, size)
             data = store.client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except (ClientError, BotoCoreError) as err:
+            code = err.response.get("Error", {}).get("Code") if isinstance(err, ClientError) else None
+            mine = list(cluster_buckets.to_dict().values()) if cluster_buckets is not None else []
+            if code in ("AccessDenied", "403") and cluster_buckets is not None and bucket not in mine:
+                raise DataError(
+                    f"cannot read the dataset {redact(source)} (AccessDenied): the nodes may read only the "
+                    f"cluster's buckets ({', '.join(mine)}); copy the file into the raw bucket (aws s3 cp "
+                    f"{redact(source)} s3://{cluster_buckets.raw}/inputs/{Path(key).name}) and pass that URI"
+                ) from err
             raise _unreachable(source, describe_s3_error(err)) from err
         name = Path(key).name
     elif scheme in ("", "file") or re.fullmatch(r"[A-Za-z]", scheme):
         path = Path(urlsplit(source).path if scheme == "file" else source).expanduser()
         if not path.is_file():
             raise _unreachable(source, "no such file" if not path.exists() else "not a regular file")
+        if path.stat().st_size > MAX_DATASET_BYTES:
+            raise _too_large(source, path.stat().st_size)
         try:
             data = path.read_bytes()
         except OSError as err:
@@ -362,25 +394,30 @@ def check_history(table: RawTable, holdout_hours: int) -> int:
 
 
 def upload_raw(store: S3Store, bucket: str, fetched: Fetched, table: RawTable) -> IngestResult:
-    """Upload the validated CSV to the raw bucket; reuse the latest version if it holds the same bytes."""
-    key = raw_key(fetched.name)
+    """Upload the validated CSV under its content hash (``IfNoneMatch``: an existing object of that key
+    holds these very bytes and is reused, never overwritten)."""
     sha = fetched.sha256
-    head: dict[str, Any] | None = store.head(bucket, key)
+    key = raw_key(sha)
     version: str | None
-    if head is not None and head.get("Metadata", {}).get("sha256") == sha:
+    head: dict[str, Any] | None = store.head(bucket, key)
+    if head is None:
+        try:
+            put = store.put_bytes(
+                bucket,
+                key,
+                fetched.data,
+                content_type="text/csv",
+                metadata={"sha256": sha, "source": fetched.source[:1024], "rows": str(table.rows)},
+                if_none_match=True,
+            )
+            version = put.version_id
+            log.info("ingest: uploaded s3://%s/%s (version %s)", bucket, key, version)
+        except PreconditionFailed:  # another run uploaded the same bytes meanwhile
+            head = store.head(bucket, key)
+    if head is not None:
         version = head.get("VersionId")
         version = version if version and version != "null" else None
         log.info("ingest: s3://%s/%s already holds these bytes (version %s)", bucket, key, version)
-    else:
-        put = store.put_bytes(
-            bucket,
-            key,
-            fetched.data,
-            content_type="text/csv",
-            metadata={"sha256": sha, "source": fetched.source[:1024], "rows": str(table.rows)},
-        )
-        version = put.version_id
-        log.info("ingest: uploaded s3://%s/%s (version %s)", bucket, key, version)
     if version is None:
         log.info(
             "ingest: bucket %s has no versioning, recording the content hash as the data version; "

@@ -6,7 +6,9 @@ A stage that needs the cluster (Ray Data features, a Ray Train worker group) con
 ``connect`` callback first (the CLI connects to the job's cluster or starts a local Ray).
 ``run`` returns the metrics object written to ``runs/<run id>/metrics.json`` in the results bucket,
 or raises NotPromotedError (carrying that object) after writing every artifact except the
-``current.json`` pointer.
+``current.json`` pointer. The pointer read at the start (``promotion.read_live``) is the live model
+the new one must match, and the condition of its replacement, which comes after metrics.json
+(``promotion.py``).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import numpy as np
 import xgboost
 from sklearn.pipeline import Pipeline
 
-from rayops.workflow import artifacts, evaluate, features, ingest, tracking, training
+from rayops.workflow import artifacts, evaluate, features, ingest, promotion, tracking, training
 from rayops.workflow.config import WorkflowConfig
-from rayops.workflow.errors import NotPromotedError, WorkflowError
+from rayops.workflow.errors import ConfigError, NotPromotedError, WorkflowError
 from rayops.workflow.s3 import PutResult, S3Store
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ class Evaluation:
     scores: dict[str, dict[str, dict[str, float]]]  # protocol -> model -> metrics
     decision: evaluate.Decision
     holdout_predictions: dict[str, np.ndarray]  # model -> predictions on the holdout (for the plots)
+    live: dict[str, Any] | None  # the live model's run id and metrics on this holdout (None: none)
 
 
 def run(
@@ -114,21 +117,39 @@ def run(
         config.target_zone,
         config.buckets.to_dict(),
     )
+    check_workers_fit(config, cluster)
     with stages.stage("ingest"):
-        table, ingested = ingest_stage(config, store)
+        table, ingested, live = ingest_stage(config, store, layout)
     with stages.stage("features"):
         feats = features_stage(config, store, layout, table, ingested, cluster)
     with stages.stage("train"):
         trained = train_stage(config, store, layout, feats.fset.frame, cluster, stages.timings)
     with stages.stage("evaluate"):
-        evaluation = evaluate_stage(config, trained)
+        evaluation = evaluate_stage(config, store, trained, live)
     with stages.stage("artifacts"):
         metrics = artifacts_stage(config, store, layout, ingested, feats, trained, evaluation, stages.timings)
-    # The run's record, written last (after the promotion pointer), with every stage's time.
+    # The run's record, with every stage's time, then (only then) the promotion pointer.
     stages.total()
-    store.put_json(layout.buckets.results, layout.metrics_key, metrics)
+    metrics_put = store.put_json(layout.buckets.results, layout.metrics_key, metrics, if_none_match=True)
     log.info("artifacts: metrics %s, report %s", metrics["metrics_uri"], metrics["report_uri"])
-    if not evaluation.decision.promoted:
+    if evaluation.decision.promoted:
+        lost = promote_stage(store, layout, live, ingested, feats, metrics)
+        if lost is not None:
+            # Not promoted after all: the run's record and metadata say so (the pointer names another run).
+            metrics["promoted"] = False
+            metrics["promotion"]["reasons"] = [lost]
+            metrics["promotion"]["decision"] = lost
+            store.put_json(layout.buckets.results, layout.metrics_key, metrics, if_match=metrics_put.etag)
+            metadata = store.get_json(layout.buckets.models, layout.metadata_key)
+            store.put_json(
+                layout.buckets.models, layout.metadata_key, {**(metadata or {}), "promoted": False}
+            )
+            raise NotPromotedError(
+                f"the model of run {config.run_id} was not promoted ({lost}); "
+                f"{metrics['current_uri']} names run {_winner(store, layout)}'s model",
+                metrics,
+            )
+    else:
         raise NotPromotedError(
             f"the model of run {config.run_id} was not promoted ({evaluation.decision.sentence()}); "
             f"{metrics['current_uri']} still names the previous model",
@@ -137,9 +158,64 @@ def run(
     return metrics
 
 
-# 1. ingest: validate first, upload only good data ----------------------------------------------
-def ingest_stage(config: WorkflowConfig, store: S3Store) -> tuple[ingest.RawTable, ingest.IngestResult]:
-    fetched = ingest.fetch(config.dataset, store, timeout=config.fetch_timeout_s)
+def check_workers_fit(config: WorkflowConfig, cluster: _Cluster) -> None:
+    """Refuse, before any stage, a worker size no node of the cluster has (Ray would wait for it forever).
+    One CPU fits every node, so only a larger ``--cpus-per-worker`` connects to the cluster for this."""
+    if config.cpus_per_worker <= 1:
+        return
+    cluster()
+    import ray
+
+    if not ray.is_initialized():  # run without a cluster (a library call with connect=None): nothing to ask
+        return
+    nodes = ray.nodes()  # type: ignore[no-untyped-call]  # Ray's own annotation is missing
+    largest = int(max((n["Resources"].get("CPU", 0) for n in nodes if n.get("Alive")), default=0))
+    if config.cpus_per_worker > largest:
+        raise ConfigError(
+            f"--cpus-per-worker {config.cpus_per_worker} (train_params.cpus_per_worker) is more than any "
+            f"node of the cluster has: the largest offers {largest} CPU(s) to Ray, so pass at most {largest}"
+        )
+
+
+def _winner(store: S3Store, layout: artifacts.Layout) -> str | None:
+    found = store.get_json_etag(layout.buckets.models, layout.current_key)
+    return None if found is None else found[0].get("run_id")
+
+
+def promote_stage(
+    store: S3Store,
+    layout: artifacts.Layout,
+    live: promotion.Live,
+    ingested: ingest.IngestResult,
+    feats: Features,
+    metrics: dict[str, Any],
+) -> str | None:
+    """The pointer, conditional on the one read at the start; None if written, else why not."""
+    buckets = layout.buckets
+    pointer = artifacts.current_pointer(metrics, feats.manifest["features"])
+    metadata_version = (store.head(buckets.models, layout.metadata_key) or {}).get("VersionId")
+    raw_bucket, raw_key = ingested.uri.removeprefix("s3://").split("/", 1)
+    pins = [
+        (buckets.models, layout.model_key, metrics["model_version_id"]),
+        (buckets.models, layout.metadata_key, metadata_version),
+        (buckets.features, layout.manifest_key, feats.manifest_put.version_id),
+        (raw_bucket, raw_key, ingested.version_id),  # pinned by the manifest already; again, to be sure
+    ]
+    lost = promotion.promote(store, layout, live, pointer, pins)
+    if lost is None:
+        log.info("artifacts: promoted %s -> %s", metrics["model_uri"], metrics["current_uri"])
+    else:
+        log.info("artifacts: not promoted: %s", lost)
+    return lost
+
+
+# 1. ingest: validate first, claim the run id, upload only good data ------------------------------
+def ingest_stage(
+    config: WorkflowConfig, store: S3Store, layout: artifacts.Layout
+) -> tuple[ingest.RawTable, ingest.IngestResult, promotion.Live]:
+    fetched = ingest.fetch(
+        config.dataset, store, timeout=config.fetch_timeout_s, cluster_buckets=config.buckets
+    )
     table = ingest.parse(fetched, config.target_zone)
     hours = ingest.check_history(table, config.holdout_hours)
     log.info(
@@ -150,7 +226,11 @@ def ingest_stage(config: WorkflowConfig, store: S3Store) -> tuple[ingest.RawTabl
         table.frame["datetime"].min(),
         table.frame["datetime"].max(),
     )
-    return table, ingest.upload_raw(store, config.buckets.raw, fetched, table)
+    # The live model (and the condition of this run's promotion), then the run id's claim: the first
+    # reads and writes of the run, after the data proved good.
+    live = promotion.read_live(store, layout)
+    promotion.claim_run(store, config, layout)
+    return table, ingest.upload_raw(store, config.buckets.raw, fetched, table), live
 
 
 # 2. features: pandas on the driver (small tables) or Ray Data -----------------------------------
@@ -173,8 +253,11 @@ def features_stage(
             "check the features bucket, --s3-endpoint-url and the nodes' S3 credentials"
         ) from err
     manifest = artifacts.features_manifest(config, ingested, fset, parquet_uri)
-    manifest_put = store.put_json(layout.buckets.features, layout.manifest_key, manifest)
-    store.put_json(layout.buckets.features, layout.latest_manifest_key, manifest)
+    manifest_put = store.put_json(layout.buckets.features, layout.manifest_key, manifest, if_none_match=True)
+    store.put_json(layout.buckets.features, layout.newest_manifest_key, manifest)
+    # The manifest pins the raw version it was built from: out of the noncurrent-expiry rule.
+    raw_bucket, raw_key = ingested.uri.removeprefix("s3://").split("/", 1)
+    store.pin(raw_bucket, raw_key, ingested.version_id)
     log.info(
         "features: %d hourly rows (%d dropped: lag history or incomplete hours), %d features -> %s",
         fset.rows,
@@ -223,7 +306,9 @@ def train_stage(
 
 
 # 4. evaluate: both models on both protocols, the promotion decision -----------------------------
-def evaluate_stage(config: WorkflowConfig, trained: Trained) -> Evaluation:
+def evaluate_stage(
+    config: WorkflowConfig, store: S3Store, trained: Trained, live: promotion.Live | None = None
+) -> Evaluation:
     names = features.feature_columns()
     tests = {"holdout": trained.splits.test_h, "seed_protocol": trained.splits.test_s}
     scores: dict[str, dict[str, dict[str, float]]] = {}
@@ -238,7 +323,22 @@ def evaluate_stage(config: WorkflowConfig, trained: Trained) -> Evaluation:
         if protocol == "holdout":
             predictions = predicted
     holdout = scores["holdout"]
-    decision = evaluate.decide_promotion(holdout["xgboost"], holdout["baseline"], config.thresholds)
+    live_scores, live_problem = (None, None)
+    if live is not None:
+        live_scores, live_problem = promotion.score_live(store, live, trained.splits.test_h, features.TARGET)
+    decision = evaluate.decide_promotion(
+        holdout["xgboost"],
+        holdout["baseline"],
+        config.thresholds,
+        live=live_scores,
+        live_run=None if live is None else live.run_id,
+        live_problem=live_problem,
+    )
+    live_record = None
+    if live is not None and live.pointer is not None:
+        live_record = {"run_id": live.run_id, "holdout": live_scores, "problem": live_problem}
+        if live_scores is not None:
+            log.info("evaluate: live run %s rmse=%.1f on this holdout", live.run_id, live_scores["rmse"])
     for protocol, shown in (("holdout", "holdout"), ("seed_protocol", "seed protocol")):
         for model, m in scores[protocol].items():
             log.info(
@@ -251,7 +351,7 @@ def evaluate_stage(config: WorkflowConfig, trained: Trained) -> Evaluation:
                 m["r2"],
             )
     log.info("evaluate: %s", "promote" if decision.promoted else f"do not promote: {decision.sentence()}")
-    return Evaluation(scores, decision, predictions)
+    return Evaluation(scores, decision, predictions, live_record)
 
 
 # 5. artifacts: model, metadata, report and plots; the current.json pointer on promotion -----------
@@ -268,7 +368,11 @@ def artifacts_stage(
     buckets = layout.buckets
     booster = trained.xgboost["holdout"]
     model_put = store.put_bytes(
-        buckets.models, layout.model_key, bytes(booster.save_raw("ubj")), content_type="application/ubjson"
+        buckets.models,
+        layout.model_key,
+        bytes(booster.save_raw("ubj")),
+        content_type="application/ubjson",
+        if_none_match=True,
     )
     metrics = artifacts.metrics_record(
         config,
@@ -284,6 +388,7 @@ def artifacts_stage(
         model_put=model_put,
         timings=timings,
     )
+    metrics["promotion"]["live"] = evaluation.live
     metadata = artifacts.model_metadata(metrics, ingested, feats.manifest, feats.manifest_put)
     gains = booster.get_score(importance_type="gain")
     test_h = trained.splits.test_h
@@ -307,12 +412,8 @@ def artifacts_stage(
         images=images,
         report=report,
     )
-    store.put_json(buckets.models, layout.metadata_key, metadata)
+    store.put_json(buckets.models, layout.metadata_key, metadata, if_none_match=True)
     for image_name, png in images.items():
         store.put_bytes(buckets.results, layout.result_key(image_name), png, content_type="image/png")
     store.put_bytes(buckets.results, layout.report_key, report.encode(), content_type="text/markdown")
-    if evaluation.decision.promoted:
-        pointer = artifacts.current_pointer(metrics, feats.manifest["features"])
-        store.put_json(buckets.models, layout.current_key, pointer)
-        log.info("artifacts: promoted %s -> %s", model_put.uri, metrics["current_uri"])
     return metrics

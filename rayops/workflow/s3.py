@@ -41,11 +41,21 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parts.netloc, parts.path.lstrip("/")
 
 
+#: The tag of every object version the workflow writes; a promotion sets it to "true" on the versions
+#: its pointer and manifest pin, and the buckets' noncurrent-expiry rule only matches "false".
+PIN_TAG = "rayops-pinned"
+
+
+class PreconditionFailed(WorkflowError):
+    """A conditional write was refused: the key exists (``IfNoneMatch``) or changed (``IfMatch``)."""
+
+
 @dataclass(frozen=True)
 class PutResult:
     bucket: str
     key: str
     version_id: str | None
+    etag: str | None = None
 
     @property
     def uri(self) -> str:
@@ -103,21 +113,82 @@ class S3Store:
         *,
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
+        if_none_match: bool = False,
+        if_match: str | None = None,
     ) -> PutResult:
+        """Write an object tagged ``rayops-pinned=false``. ``if_none_match``: only if the key does not
+        exist yet; ``if_match``: only if the key's current ETag is this one. A refused condition raises
+        PreconditionFailed (S3's PreconditionFailed or ConditionalRequestConflict, 412/409)."""
+        extra: dict[str, str] = {}
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        if if_match is not None:
+            extra["IfMatch"] = if_match
+        uri = f"s3://{bucket}/{key}"
         try:
             response = self.client.put_object(
-                Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}
+                Bucket=bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=metadata or {},
+                Tagging=f"{PIN_TAG}=false",
+                **extra,
             )
-        except (ClientError, BotoCoreError) as err:
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code")
+            if extra and code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412"):
+                condition = "it already exists" if if_none_match else "it changed since it was read"
+                raise PreconditionFailed(f"{uri} was not written: {condition}") from err
+            hint = "check --buckets, --s3-endpoint-url and the credentials"
+            raise self._fail("write", uri, err, hint) from err
+        except BotoCoreError as err:
             raise self._fail(
                 "write", f"s3://{bucket}/{key}", err, "check --buckets, --s3-endpoint-url and the credentials"
             ) from err
         version = response.get("VersionId")
-        return PutResult(bucket, key, version if version and version != "null" else None)
+        version = version if version and version != "null" else None
+        return PutResult(bucket, key, version, response.get("ETag"))
 
-    def put_json(self, bucket: str, key: str, value: Any) -> PutResult:
+    def put_json(
+        self, bucket: str, key: str, value: Any, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> PutResult:
         body = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
-        return self.put_bytes(bucket, key, body, content_type="application/json")
+        return self.put_bytes(
+            bucket, key, body, content_type="application/json", if_none_match=if_none_match, if_match=if_match
+        )
+
+    def get_json_etag(self, bucket: str, key: str) -> tuple[Any, str] | None:
+        """The JSON object at a key and the ETag of the version read, or None if there is no such key."""
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+            body = response["Body"].read()
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._fail(
+                "read", f"s3://{bucket}/{key}", err, "check --buckets, --s3-endpoint-url and the credentials"
+            ) from err
+        except BotoCoreError as err:
+            raise self._fail(
+                "reach", f"s3://{bucket}/{key}", err, "check --s3-endpoint-url and the network"
+            ) from err
+        return json.loads(body), str(response["ETag"])
+
+    def pin(self, bucket: str, key: str, version_id: str | None) -> None:
+        """Tag one object version ``rayops-pinned=true``: the noncurrent-expiry rule no longer matches it."""
+        extra = {"VersionId": version_id} if version_id else {}
+        try:
+            self.client.put_object_tagging(
+                Bucket=bucket,
+                Key=key,
+                Tagging={"TagSet": [{"Key": PIN_TAG, "Value": "true"}]},
+                **extra,
+            )
+        except (ClientError, BotoCoreError) as err:
+            raise self._fail(
+                "pin", f"s3://{bucket}/{key} (version {version_id})", err, "check the node's S3 permissions"
+            ) from err
 
     def get_bytes(self, bucket: str, key: str, version_id: str | None = None) -> bytes:
         extra = {"VersionId": version_id} if version_id else {}

@@ -140,7 +140,9 @@ def s3_train_run(
         "-e",
         f"train_run_id={RUN_ID}",
         "-e",
-        json.dumps({"train_params": {"num_boost_round": 123, "max_depth": 5}}),
+        # 123 rounds of depth 5 are ~4 % worse on the holdout than the defaults zone 1's live model was
+        # trained with: the tolerance lets this run promote whichever runs first in the session.
+        json.dumps({"train_params": {"num_boost_round": 123, "max_depth": 5, "live_tolerance": 0.2}}),
     )
     try:
         assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]

@@ -372,3 +372,25 @@ def test_cli_inherits_the_environment(tmp_path, fake_pulumi, monkeypatch):
     parse(stack_config(tmp_path))
 
     assert calls_of(script_calls)[0]["passphrase"] == "from-env"
+
+
+# --- the config file's own options ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "suggestion"),
+    [
+        ("use_privat_ip", " (did you mean 'use_private_ip'?)"),
+        ("jump_via_hed", " (did you mean 'jump_via_head'?)"),
+        ("colour", ""),
+    ],
+)
+def test_a_misspelt_option_is_refused_with_the_closest_name(tmp_path, option, suggestion):
+    write_outputs(tmp_path, load_fixture("local.json"))
+    error = parse_error(write_config(tmp_path, outputs_file="outputs.json", **{option: True}))
+    message = str(error)
+    assert (
+        f"{option!r} is not an option of this plugin{suggestion}: fix or remove it; the options are "
+        in message
+    )
+    assert "use_private_ip" in message and "(ansible-doc -t inventory pulumi_stack)" in message

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import runpy
 import struct
 import sys
@@ -112,9 +113,19 @@ class AwsMocks(pulumi.runtime.Mocks):
         if typ == "aws:ec2/instance:Instance":
             self._instances += 1
             resource_id = f"i-{_suffix(name, 17)}"
-            state["privateIp"] = f"10.0.0.{10 + self._instances}"
+            # Addresses by node name (head .11, worker-N .11+N), not by the order the engine registers
+            # the instances in: head and workers wait on different instance profiles, so that order varies.
+            worker = re.search(r"-worker-([0-9]+)$", name)
+            host = (
+                11 + int(worker.group(1))
+                if worker
+                else 10 + self._instances
+                if not name.endswith("-head")
+                else 11
+            )
+            state["privateIp"] = f"10.0.0.{host}"
             # A node in a subnet without public IPs: the provider reports an empty string.
-            state["publicIp"] = f"198.51.100.{10 + self._instances}" if self.public_ips else ""
+            state["publicIp"] = f"198.51.100.{host}" if self.public_ips else ""
             state["arn"] = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{resource_id}"
         elif typ == "aws:s3/bucket:Bucket":
             # The provider's auto-name: the logical name plus 7 random hex characters.

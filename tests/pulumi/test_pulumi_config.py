@@ -107,13 +107,26 @@ BAD_CONFIG = [
     ),
     pytest.param(
         {"rayops:workerCount": "two"},
-        "rayops:workerCount must be a whole number 0 or more, got 'two'",
+        "rayops:workerCount must be a whole number between 0 and 64, got 'two'",
         id="workers-word",
     ),
     pytest.param(
         {"rayops:workerCount": -1},
-        "rayops:workerCount must be a whole number 0 or more, got -1",
+        "rayops:workerCount must be a whole number between 0 and 64, got -1",
         id="workers-negative",
+    ),
+    pytest.param(
+        {"rayops:workerCount": 65},
+        "rayops:workerCount must be a whole number between 0 and 64, got 65: run "
+        "`pulumi config set rayops:workerCount 2`",
+        id="workers-too-many",
+    ),
+    pytest.param(
+        {"rayops:vpcCidr": "10.0.0.0/24", "rayops:workerCount": 11},
+        "rayops:vpcCidr 10.0.0.0/24 gives /28 subnets (11 usable addresses each), too small for the "
+        "12 nodes of the first subnet with rayops:workerCount 11: run `pulumi config set rayops:vpcCidr "
+        "10.0.0.0/23` (a /23) or lower rayops:workerCount",
+        id="vpc-too-small-for-the-workers",
     ),
     pytest.param(
         {"rayops:spotWorkers": "yes"},

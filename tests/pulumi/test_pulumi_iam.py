@@ -1,4 +1,9 @@
-"""IAM policy: the nodes reach their four buckets and their objects, nothing more; no static keys."""
+"""IAM policy by role: the head reads and writes the four buckets and promotes; the workers read them and
+write only the features' Parquet folders and Ray Train's storage; no static keys, no managed policies.
+
+Each statement of both documents is checked here as the Pulumi program attaches it (mocks); what the
+statements mean to S3 is checked against moto with IAM enforced in tests/workflow/test_s3_iam_policy.py.
+"""
 
 from __future__ import annotations
 
@@ -8,82 +13,98 @@ from typing import Any
 import pytest
 from pulumi_harness import RunStack, StackRun
 
-from rayops_aws.iam import bucket_access_policy
+from rayops_aws.iam import head_policy, worker_policy
 
+ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
-# The reviewed permission set, written out here so that a change to the program shows up as a diff.
-BUCKET_ACTIONS = {
+PROFILE = "aws:iam/instanceProfile:InstanceProfile"
+# The reviewed permission sets, written out here so that a change to the program shows up as a diff.
+BUCKET_ACTIONS = [
     "s3:GetBucketLocation",
     "s3:ListBucket",
     "s3:ListBucketMultipartUploads",
     "s3:ListBucketVersions",
-}
-OBJECT_ACTIONS = {
-    "s3:AbortMultipartUpload",
-    "s3:DeleteObject",
-    "s3:GetObject",
-    "s3:GetObjectVersion",
-    "s3:ListMultipartUploadParts",
-    "s3:PutObject",
-}
+]
+READ = ["s3:GetObject", "s3:GetObjectTagging", "s3:GetObjectVersion", "s3:GetObjectVersionTagging"]
+WRITE = ["s3:AbortMultipartUpload", "s3:ListMultipartUploadParts", "s3:PutObject"]
+TAG = ["s3:PutObjectTagging", "s3:PutObjectVersionTagging"]
 
 
-def _node_policy(run: StackRun) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(run.one(ROLE_POLICY).inputs["policy"])
-    return document
+def _arns(run: StackRun) -> dict[str, str]:
+    return {b.inputs["tags"]["rayops:bucket"]: b.state["arn"] for b in run.of_type("aws:s3/bucket:Bucket")}
 
 
-def _bucket_arns(run: StackRun) -> set[str]:
-    return {b.state["arn"] for b in run.of_type("aws:s3/bucket:Bucket")}
+def _roles(run: StackRun) -> dict[str, Any]:
+    return {r.inputs["tags"]["rayops:role"]: r for r in run.of_type(ROLE)}
 
 
-def test_policy_resources_are_the_four_buckets_and_their_objects(run_stack: RunStack) -> None:
+def _policies(run: StackRun) -> dict[str, dict[str, Any]]:
+    """role (head/worker) -> its policy document, matched through the role's id."""
+    by_id = {role.id: kind for kind, role in _roles(run).items()}
+    return {by_id[p.inputs["role"]]: json.loads(p.inputs["policy"]) for p in run.of_type(ROLE_POLICY)}
+
+
+def _statements(document: dict[str, Any]) -> dict[str, tuple[str, list[str], list[str]]]:
+    return {s["Sid"]: (s["Effect"], s["Action"], s["Resource"]) for s in document["Statement"]}
+
+
+def test_the_head_statements(run_stack: RunStack) -> None:
     run = run_stack()
-    arns = _bucket_arns(run)
-    assert len(arns) == 4
-    resources = {r for s in _node_policy(run)["Statement"] for r in s["Resource"]}
-    assert resources == arns | {f"{arn}/*" for arn in arns}
+    arns = sorted(_arns(run).values())
+    objects = [f"{arn}/*" for arn in arns]
+    assert _statements(_policies(run)["head"]) == {
+        "ClusterBuckets": ("Allow", BUCKET_ACTIONS, arns),
+        "ClusterObjects": ("Allow", [*READ, *WRITE, "s3:DeleteObject"], objects),
+        "PinVersions": ("Allow", TAG, objects),
+    }
 
 
-def test_bucket_actions_on_buckets_object_actions_on_objects(run_stack: RunStack) -> None:
+def test_the_worker_statements(run_stack: RunStack) -> None:
     run = run_stack()
-    arns = _bucket_arns(run)
-    statements = _node_policy(run)["Statement"]
-    assert all(s["Effect"] == "Allow" for s in statements)
-    for statement in statements:
-        actions = set(statement["Action"])
-        if set(statement["Resource"]) == arns:
-            assert actions == BUCKET_ACTIONS
-        else:
-            assert set(statement["Resource"]) == {f"{arn}/*" for arn in arns}
-            assert actions == OBJECT_ACTIONS
+    arns = _arns(run)
+    every = sorted(arns.values())
+    assert _statements(_policies(run)["worker"]) == {
+        "ClusterBuckets": ("Allow", BUCKET_ACTIONS, every),
+        "ReadObjects": ("Allow", READ, [f"{arn}/*" for arn in every]),
+        # Ray Data's feature blocks and Ray Train's storage, nothing else.
+        "WriteOwnPrefixes": (
+            "Allow",
+            WRITE,
+            [f"{arns['features']}/zone*/runs/*/data/*", f"{arns['models']}/zone*/ray-train/*"],
+        ),
+        "DeleteRayTrainStorage": ("Allow", ["s3:DeleteObject"], [f"{arns['models']}/zone*/ray-train/*"]),
+        # Explicit denies: they hold even if an allow above is widened one day.
+        "NeverPromote": (
+            "Deny",
+            ["s3:PutObject", "s3:DeleteObject"],
+            [f"{arns['models']}/zone*/current.json"],
+        ),
+        "NeverUnpin": ("Deny", TAG, [f"{arn}/*" for arn in every]),
+    }
 
 
-def test_bucket_statement_allows_listing_locating_and_versions(run_stack: RunStack) -> None:
-    actions = {a for s in _node_policy(run_stack())["Statement"] for a in s["Action"]}
-    assert {"s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketVersions"} <= actions
-    assert {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"} <= actions
+def test_no_wildcard_actions_and_no_way_to_erase_history(run_stack: RunStack) -> None:
+    for role, document in _policies(run_stack()).items():
+        for statement in document["Statement"]:
+            assert "NotAction" not in statement and "NotResource" not in statement, role
+            for action in statement["Action"]:
+                assert action.startswith("s3:") and "*" not in action, (role, action)
+            assert "s3:DeleteObjectVersion" not in statement["Action"], role
+            assert all(arn.startswith("arn:aws:s3:::") for arn in statement["Resource"]), role
+            assert "*" not in statement["Resource"] and "arn:aws:s3:::*" not in statement["Resource"], role
 
 
-def test_no_wildcards_and_no_way_to_erase_history(run_stack: RunStack) -> None:
-    for statement in _node_policy(run_stack())["Statement"]:
-        assert "NotAction" not in statement and "NotResource" not in statement
-        for action in statement["Action"]:
-            assert action.startswith("s3:") and "*" not in action, action
-        assert "s3:DeleteObjectVersion" not in statement["Action"]
-        assert not any(not arn.startswith("arn:aws:s3:::") for arn in statement["Resource"])
-        assert "*" not in statement["Resource"] and "arn:aws:s3:::*" not in statement["Resource"]
-
-
-def test_role_is_only_for_ec2_and_has_no_managed_policies(run_stack: RunStack) -> None:
+def test_two_roles_only_for_ec2_without_managed_policies(run_stack: RunStack) -> None:
     run = run_stack()
-    role = run.one("aws:iam/role:Role")
-    trust = json.loads(role.inputs["assumeRolePolicy"])
-    assert [(s["Effect"], s["Principal"], s["Action"]) for s in trust["Statement"]] == [
-        ("Allow", {"Service": "ec2.amazonaws.com"}, "sts:AssumeRole")
-    ]
-    assert not role.inputs.get("managedPolicyArns")
-    assert run.one(ROLE_POLICY).inputs["role"] == role.id
+    roles = _roles(run)
+    assert sorted(roles) == ["head", "worker"]
+    for role in roles.values():
+        trust = json.loads(role.inputs["assumeRolePolicy"])
+        assert [(s["Effect"], s["Principal"], s["Action"]) for s in trust["Statement"]] == [
+            ("Allow", {"Service": "ec2.amazonaws.com"}, "sts:AssumeRole")
+        ]
+        assert not role.inputs.get("managedPolicyArns")
+    assert len(run.of_type(ROLE_POLICY)) == 2
 
 
 def test_no_static_keys_users_or_full_access_anywhere(run_stack: RunStack) -> None:
@@ -102,16 +123,49 @@ def test_no_static_keys_users_or_full_access_anywhere(run_stack: RunStack) -> No
     assert "AKIA" not in everything and "aws_secret_access_key" not in everything.lower()
 
 
-def test_every_node_runs_with_the_instance_profile(run_stack: RunStack) -> None:
+def test_the_head_runs_with_the_head_profile_and_workers_with_theirs(run_stack: RunStack) -> None:
     run = run_stack({"rayops:workerCount": 3})
-    profile = run.one("aws:iam/instanceProfile:InstanceProfile")
-    assert profile.inputs["role"] == run.one("aws:iam/role:Role").state["name"]
-    instances = run.of_type("aws:ec2/instance:Instance")
-    assert len(instances) == 4
-    assert {i.inputs["iamInstanceProfile"] for i in instances} == {profile.state["name"]}
+    roles = _roles(run)
+    profiles = {p.inputs["role"]: p.state["name"] for p in run.of_type(PROFILE)}
+    head_profile, worker_profile = (
+        profiles[roles["head"].state["name"]],
+        profiles[roles["worker"].state["name"]],
+    )
+    by_role: dict[str, set[str]] = {}
+    for instance in run.of_type("aws:ec2/instance:Instance"):
+        by_role.setdefault(instance.inputs["tags"]["rayops:role"], set()).add(
+            instance.inputs["iamInstanceProfile"]
+        )
+    assert by_role == {"head": {head_profile}, "worker": {worker_profile}}
 
 
-@pytest.mark.parametrize("arns", [[], ["*"], ["arn:aws:s3:::*"], ["my-bucket"]])
-def test_policy_builder_refuses_anything_but_plain_bucket_arns(arns: list[str]) -> None:
-    with pytest.raises(ValueError, match="needs plain bucket ARNs"):
-        bucket_access_policy(arns)
+def test_the_head_keeps_the_logical_names_of_the_single_role_of_earlier_versions(run_stack: RunStack) -> None:
+    """An update of an existing stack changes the head's role in place instead of replacing it."""
+    run = run_stack()
+    cluster = run.outputs["cluster_name"]
+    names = {r.name for r in run.resources if r.typ in (ROLE, ROLE_POLICY, PROFILE)}
+    assert names == {
+        *(f"{cluster}-{suffix}" for suffix in ("node-role", "buckets", "node-profile")),
+        *(f"{cluster}-worker-{suffix}" for suffix in ("role", "buckets", "profile")),
+    }
+
+
+ARNS = {kind: f"arn:aws:s3:::b-{kind}" for kind in ("raw", "features", "models", "results")}
+
+
+@pytest.mark.parametrize(
+    "arns",
+    [
+        {},
+        {**ARNS, "raw": "*"},
+        {**ARNS, "raw": "arn:aws:s3:::*"},
+        {**ARNS, "raw": "my-bucket"},
+        dict(list(ARNS.items())[:3]),
+    ],
+)
+@pytest.mark.parametrize("builder", [head_policy, worker_policy])
+def test_policy_builders_refuse_anything_but_the_four_plain_bucket_arns(
+    arns: dict[str, str], builder: Any
+) -> None:
+    with pytest.raises(ValueError, match="need the four buckets' plain ARNs by kind"):
+        builder(arns)

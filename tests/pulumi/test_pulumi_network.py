@@ -119,6 +119,22 @@ def test_public_subnet_routes_to_the_internet_gateway(run_stack: RunStack) -> No
     assert (association.inputs["subnetId"], association.inputs["routeTableId"]) == (subnet.id, table.id)
 
 
+def test_s3_gateway_endpoint_on_the_subnets_route_table(run_stack: RunStack) -> None:
+    """The nodes' S3 traffic goes through the VPC's gateway endpoint (the bucket policies require it for
+    the node roles: test_pulumi_storage.py)."""
+    from pulumi_harness import REGION
+
+    run = run_stack({"rayops:secondAz": True})
+    endpoint = run.one("aws:ec2/vpcEndpoint:VpcEndpoint")
+    table = run.one("aws:ec2/routeTable:RouteTable")
+    assert endpoint.inputs["vpcId"] == run.one("aws:ec2/vpc:Vpc").id
+    assert endpoint.inputs["serviceName"] == f"com.amazonaws.{REGION}.s3"
+    assert endpoint.inputs["vpcEndpointType"] == "Gateway"
+    assert endpoint.inputs["routeTableIds"] == [table.id]
+    associations = run.of_type("aws:ec2/routeTableAssociation:RouteTableAssociation")
+    assert len(associations) == 2 and {a.inputs["routeTableId"] for a in associations} == {table.id}
+
+
 def _subnet_of(run: StackRun, instance: Resource) -> Resource:
     return next(s for s in run.of_type("aws:ec2/subnet:Subnet") if s.id == instance.inputs["subnetId"])
 

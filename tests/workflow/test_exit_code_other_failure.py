@@ -29,10 +29,10 @@ def test_unreachable_s3_exits_1_with_one_sentence() -> None:
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("[rayops] error: ")]
-    key = "datasets/powerconsumption.csv"
+    key = "zone1/current.json"  # the run's first S3 request: the live model, after the data is checked
     assert errors == [
-        f"[rayops] error: cannot reach s3://x-raw/{key} at {endpoint} "
-        f'(Could not connect to the endpoint URL: "{endpoint}/x-raw/{key}"): '
+        f"[rayops] error: cannot reach s3://x-models/{key} at {endpoint} "
+        f'(Could not connect to the endpoint URL: "{endpoint}/x-models/{key}"): '
         "check --s3-endpoint-url and the network"
     ], proc.stderr[-3000:]
     assert "stage 1/5 ingest: failed after" in proc.stdout

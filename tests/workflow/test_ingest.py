@@ -245,15 +245,24 @@ def test_upload_records_version_and_reuses_identical_bytes(store: S3Store, bucke
     assert one.version_id
     assert one.data_version == one.version_id
     assert again.version_id == one.version_id  # same bytes: no new version
-    head = s3.head_object(Bucket=buckets.raw, Key="datasets/powerconsumption.csv")
+    key = f"datasets/sha256/{first.sha256}.csv"
+    assert one.uri == f"s3://{buckets.raw}/{key}"
+    head = s3.head_object(Bucket=buckets.raw, Key=key)
     assert head["VersionId"] == one.version_id
     assert head["Metadata"]["sha256"] == first.sha256
 
+    # Other bytes under the same file name: their own key, and the first object stays the only,
+    # current version of its key (nothing of it becomes noncurrent, so nothing of it can expire).
     changed = fetched(synth.csv_bytes(synth.frame(days=1, seed=1)))
     two = ingest.upload_raw(store, buckets.raw, changed, ingest.parse(changed, 1))
     assert two.version_id not in (None, one.version_id)
+    assert two.uri == f"s3://{buckets.raw}/datasets/sha256/{changed.sha256}.csv"
     versions = s3.list_object_versions(Bucket=buckets.raw, Prefix="datasets/")["Versions"]
     assert len(versions) == 2
+    assert {(v["Key"], v["VersionId"], v["IsLatest"]) for v in versions} == {
+        (key, one.version_id, True),
+        (f"datasets/sha256/{changed.sha256}.csv", two.version_id, True),
+    }
 
 
 def test_unversioned_bucket_falls_back_to_content_hash(store: S3Store, s3: Any) -> None:

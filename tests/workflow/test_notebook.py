@@ -58,7 +58,7 @@ def test_notebook_runs_top_to_bottom(
     for cell in code_cells():
         run_cell(cell, namespace)
 
-    head = s3.head_object(Bucket=buckets.raw, Key="datasets/powerconsumption.csv")
+    head = s3.head_object(Bucket=buckets.raw, Key=namespace["ingested"].uri.split("/", 3)[3])
     assert namespace["ingested"].data_version == head["VersionId"]
     results = namespace["results"]
     assert list(results.columns) == ["rmse", "mae", "mape", "r2"]
