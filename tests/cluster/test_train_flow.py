@@ -128,6 +128,34 @@ def test_bad_dataset_fails_with_the_jobs_own_error_and_promotes_nothing(
     assert get_json(ray_cluster, first_run["current_uri"]) == before
 
 
+@pytest.mark.parametrize(
+    ("extra", "sentence"),
+    [
+        (
+            ["-e", "train_run_id=x;touch${IFS}/tmp/pwned"],
+            'train_run_id "x;touch${IFS}/tmp/pwned" is not usable as a run id: use 1-64 letters, digits',
+        ),
+        (
+            ["-e", json.dumps({"train_params": {"max_depth": "deep"}})],
+            "train_params.max_depth is 'deep', which is not a whole number: pass e.g. 6",
+        ),
+    ],
+    ids=["run-id-with-shell", "non-numeric-param"],
+)
+def test_bad_run_id_or_param_is_one_sentence_before_the_job(
+    ray_cluster: RayCluster, first_run: dict[str, Any], extra: list[str], sentence: str
+) -> None:
+    """Issue 15: the run id reached the job's shell command unquoted; a word in train_params gave argparse's
+    usage text from the job. Both now stop on the controller, before the copy and the submit. ~25 s each."""
+    proc = ray_cluster.playbook("train.yml", "-e", f"dataset={DATASET}", *extra)
+    assert proc.returncode != 0
+    out = " ".join(proc.stdout.split())
+    assert sentence in out, proc.stdout[-3000:]
+    assert "submit the Ray Job" not in proc.stdout and "usage:" not in proc.stdout
+    probe = ray_cluster.ssh(ray_cluster.head, "test ! -e /tmp/pwned")
+    assert probe.returncode == 0
+
+
 def test_missing_dataset_file_is_one_sentence(ray_cluster: RayCluster) -> None:
     proc = ray_cluster.playbook("train.yml", "-e", "dataset=/nonexistent/power.csv")
     assert proc.returncode != 0
