@@ -4,7 +4,9 @@ Routes, under the zone's prefix (``/zone1``, ... in Ray Serve):
 
 * ``POST /predict``  ``{"instances": [{feature: value, ...}, ...]}`` -> predictions (the batch route);
 * ``POST /forecast`` raw readings (the dataset's columns) -> the next hour's prediction;
-* ``GET /model``     what is served;
+* ``POST /actuals``  the rows of past hours (as for /predict) with the consumption observed -> the served
+  model's error on them; the errors feed its rolling MAE/RMSE (``ray_rayops_live_*``);
+* ``GET /model``     what is served, with its quality in live use (drift scores, rolling error);
 * ``GET /docs``, ``GET /openapi.json`` the OpenAPI page (no model or data in it).
 
 Every route but the OpenAPI page needs ``Authorization: Bearer <serve token>``. Every error is a
@@ -49,6 +51,16 @@ class PredictRequest(BaseModel):
     )
 
 
+class ActualsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[dict[str, Number]] = Field(
+        min_length=1, description="rows of past hours, of the model's features (as sent to /predict)"
+    )
+    actuals: list[Number] = Field(
+        min_length=1, description="the consumption observed in each of those hours, in the instances' order"
+    )
+
+
 class Reading(BaseModel):
     """One 10-minute reading, named as in the dataset (Kaggle's or UCI's spelling)."""
 
@@ -75,6 +87,14 @@ class ModelInfo(BaseModel):
 
 class PredictResponse(BaseModel):
     predictions: list[float]
+    model: ModelInfo
+
+
+class ActualsResponse(BaseModel):
+    count: int
+    mae: float
+    rmse: float
+    live_error: dict[str, Any] = Field(description="this replica's rolling error over its last actuals")
     model: ModelInfo
 
 
@@ -237,7 +257,7 @@ def build_app(service: ModelService) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
         sentences = {
-            404: "no such route: use /predict, /forecast or /model (see /docs)",
+            404: "no such route: use /predict, /forecast, /actuals or /model (see /docs)",
             405: "this route does not take that method (see /docs)",
         }
         return _error(err.status_code, sentences.get(err.status_code, str(err.detail)))
@@ -261,10 +281,7 @@ def build_app(service: ModelService) -> FastAPI:
         except ModelError as err:
             raise ApiError(503, str(err)) from err
 
-    @app.post("/predict", response_model=PredictResponse, dependencies=posted)
-    async def predict(body: PredictRequest) -> PredictResponse:
-        features = served().features
-        rows = body.instances
+    def rows_matrix(rows: list[dict[str, float]], features: tuple[str, ...]) -> np.ndarray:
         if len(rows) > settings.max_rows:
             raise ApiError(
                 413, f"{len(rows)} instances is more than {settings.max_rows} per call: split the rows"
@@ -288,8 +305,28 @@ def build_app(service: ModelService) -> FastAPI:
                     + ": GET /model lists the features",
                 )
             matrix[i] = [row[f] for f in features]
+        return matrix
+
+    @app.post("/predict", response_model=PredictResponse, dependencies=posted)
+    async def predict(body: PredictRequest) -> PredictResponse:
+        matrix = rows_matrix(body.instances, served().features)
         predictions, model = await predict_rows(matrix)
         return PredictResponse(predictions=predictions.tolist(), model=_info(model))
+
+    @app.post("/actuals", response_model=ActualsResponse, dependencies=posted)
+    async def actuals(body: ActualsRequest) -> ActualsResponse:
+        if len(body.actuals) != len(body.instances):
+            raise ApiError(
+                422,
+                f"{len(body.actuals)} actuals for {len(body.instances)} instances: "
+                "send one observed value per row",
+            )
+        matrix = rows_matrix(body.instances, served().features)
+        try:
+            call, live, model = await service.actuals(matrix, np.asarray(body.actuals, dtype="float64"))
+        except ModelError as err:
+            raise ApiError(503, str(err)) from err
+        return ActualsResponse(**call, live_error=live, model=_info(model))
 
     @app.post("/forecast", response_model=ForecastResponse, dependencies=posted)
     async def forecast(body: ForecastRequest) -> ForecastResponse:
@@ -311,7 +348,10 @@ def build_app(service: ModelService) -> FastAPI:
 
     @app.get("/model", dependencies=guarded)
     async def model() -> dict[str, Any]:
-        return {**served().describe(), "last_error": service.last_error}
+        model = served()
+        monitor = service.monitor_of(model)
+        quality = monitor.snapshot() if monitor is not None else None
+        return {**model.describe(), "last_error": service.last_error, "quality": quality}
 
     app.add_middleware(BodyGuard, limit=settings.max_body_bytes)
     return app

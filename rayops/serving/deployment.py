@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from rayops.serving.app import build_app
+from rayops.serving.exporter import QualityExporter
 from rayops.serving.service import ModelService, Settings
 
 
@@ -24,6 +25,8 @@ from rayops.serving.service import ModelService, Settings
 class ZoneModel:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.service = ModelService(Settings.from_args(settings), batched=True)
+        self.exporter = QualityExporter(self.service)
+        self.exporter.start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_app(self.service)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from rayops.workflow import artifacts
+from rayops.workflow.drift import Reference
 from rayops.workflow.errors import WorkflowError
 from rayops.workflow.features import feature_columns
 from rayops.workflow.s3 import S3Store, describe_s3_error, split_s3_uri
@@ -61,6 +62,8 @@ class ServedModel:
     data_version: str
     metrics: dict[str, Any]
     trained_at: str | None
+    drift: Reference | None = None  # the training distribution (None: a model trained before rayops saved it)
+    drift_problem: str | None = None
     loaded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
@@ -82,6 +85,10 @@ class ServedModel:
             "trained_at": self.trained_at,
             "promoted_at": self.source.promoted_at,
             "loaded_at": self.loaded_at,
+            "drift_reference": (
+                {"features": self.drift.names, "prediction": True} if self.drift is not None else None
+            ),
+            "drift_problem": self.drift_problem,
         }
 
 
@@ -190,6 +197,7 @@ def load(store: S3Store, source: ModelSource) -> ServedModel:
             f"{len(features)}: "
             "retrain with train.yml"
         )
+    drift, drift_problem = _drift_reference(metadata, features, source)
     model = ServedModel(
         source=source,
         booster=booster,
@@ -197,8 +205,26 @@ def load(store: S3Store, source: ModelSource) -> ServedModel:
         data_version=str(metadata.get("data", {}).get("data_version", "")),
         metrics=metadata.get("metrics", {}).get("holdout", {}),
         trained_at=metadata.get("created_at"),
+        drift=drift,
+        drift_problem=drift_problem,
     )
     probe = model.predict(np.zeros((1, len(features))))
     if probe.shape != (1,) or not np.isfinite(probe).all():
         raise ModelError(f"{source.model_uri} does not predict a finite number: retrain with train.yml")
     return model
+
+
+def _drift_reference(
+    metadata: dict[str, Any], features: tuple[str, ...], source: ModelSource
+) -> tuple[Reference | None, str | None]:
+    """The run's training distribution; a model without one is served, unscored (/model says so)."""
+    data = metadata.get("drift")
+    if data is None:
+        return None, (
+            f"run {source.run_id!r} has no drift reference in its metadata (an older rayops trained it): "
+            "no drift scores until a model trained with this version is promoted"
+        )
+    try:
+        return Reference(data, features), None
+    except (ValueError, TypeError, KeyError) as err:
+        return None, f"run {source.run_id!r}'s drift reference is not usable ({err}): no drift scores"

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from ray import serve
 
 from rayops.serving.model import ModelError, ModelSource, ServedModel
 from rayops.serving.model import load as load_model
+from rayops.serving.quality import QualityMonitor
 from rayops.workflow.s3 import S3Store
 
 log = logging.getLogger("rayops.serving")
@@ -34,6 +36,8 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch_size: int = 32  # concurrent calls that share one predict
     batch_wait_timeout_s: float = 0.002
+    quality_window: int = 1000  # the last rows (and actuals) the drift scores and the rolling error cover
+    drift_min_rows: int = 200  # rows in the window before drift is scored (fewer: too noisy to mean much)
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> Settings:
@@ -42,9 +46,14 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown serving settings {', '.join(unknown)}: use {', '.join(sorted(names))}")
         settings = cls(**args)
-        for name in ("max_rows", "max_readings", "max_body_bytes", "max_batch_size"):
+        for name in ("max_rows", "max_readings", "max_body_bytes", "max_batch_size", "quality_window"):
             if int(getattr(settings, name)) < 1:
                 raise ValueError(f"serving setting {name} must be at least 1, got {getattr(settings, name)}")
+        if not 1 <= settings.drift_min_rows <= settings.quality_window:
+            raise ValueError(
+                "serving setting drift_min_rows must be between 1 and quality_window "
+                f"({settings.quality_window}), got {settings.drift_min_rows}"
+            )
         return settings
 
 
@@ -62,6 +71,7 @@ class ModelService:
         """``batched``: concurrent predicts share one (``@serve.batch``, which needs a Serve replica)."""
         self.settings = settings
         self.model: ServedModel | None = None
+        self.quality: QualityMonitor | None = None  # the served model's (a new model starts a new one)
         self.last_error: str | None = None
         self._token_sha256: str | None = None
         self._store_factory = store_factory
@@ -100,9 +110,17 @@ class ModelService:
                     raise
                 log.error("serving: still serving run %s", self.model.source.run_id)
                 return
+            self.quality = self._monitor(model)
             self.model = model
             self.last_error = None
             log.info("serving: zone %s now serves run %s", source.zone, source.run_id)
+
+    def _monitor(self, model: ServedModel) -> QualityMonitor:
+        return QualityMonitor(model.drift, self.settings.quality_window, self.settings.drift_min_rows)
+
+    def monitor_of(self, model: ServedModel) -> QualityMonitor | None:
+        """The quality monitor of ``model`` while it is the one served (a replaced model's is gone)."""
+        return self.quality if model is self.model else None
 
     def check_health(self) -> None:
         if self.model is None:
@@ -127,8 +145,7 @@ class ModelService:
         out = model.predict(stacked)
         return [(part, model) for part in np.split(out, np.cumsum(sizes)[:-1])]
 
-    async def predict(self, matrix: np.ndarray) -> tuple[np.ndarray, ServedModel]:
-        """Predictions for the rows of ``matrix`` (the features in order) and the model that made them."""
+    async def _predict(self, matrix: np.ndarray) -> tuple[np.ndarray, ServedModel]:
         if self.model is None:
             raise ModelError(f"zone {self.settings.zone} has no model loaded yet: retry in a few seconds")
         self.calls += 1
@@ -138,3 +155,23 @@ class ModelService:
             return model.predict(matrix), model
         result: tuple[np.ndarray, ServedModel] = await self._predict_batch(matrix)
         return result
+
+    async def predict(self, matrix: np.ndarray) -> tuple[np.ndarray, ServedModel]:
+        """Predictions for the rows of ``matrix`` (the features in order) and the model that made them."""
+        start = time.perf_counter()
+        predictions, model = await self._predict(matrix)
+        monitor = self.monitor_of(model)
+        if monitor is not None:
+            monitor.observe(matrix, predictions, (time.perf_counter() - start) * 1000.0)
+        return predictions, model
+
+    async def actuals(
+        self, matrix: np.ndarray, observed: np.ndarray
+    ) -> tuple[dict[str, Any], dict[str, Any], ServedModel]:
+        """Observed values for rows of past hours: the served model's error on them (this call, rolling)."""
+        predictions, model = await self._predict(matrix)
+        monitor = self.monitor_of(model)
+        if monitor is None:  # the model changed during the call: its errors belong to no served model
+            raise ModelError(f"zone {self.settings.zone} changed its model during this call: post it again")
+        call = monitor.observe_actuals(predictions, observed)
+        return call, monitor.snapshot()["live_error"], model

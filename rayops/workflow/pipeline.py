@@ -24,7 +24,7 @@ import numpy as np
 import xgboost
 from sklearn.pipeline import Pipeline
 
-from rayops.workflow import artifacts, evaluate, features, ingest, promotion, tracking, training
+from rayops.workflow import artifacts, drift, evaluate, features, ingest, promotion, tracking, training
 from rayops.workflow.config import WorkflowConfig
 from rayops.workflow.errors import ConfigError, NotPromotedError, WorkflowError
 from rayops.workflow.s3 import PutResult, S3Store
@@ -390,6 +390,11 @@ def artifacts_stage(
     )
     metrics["promotion"]["live"] = evaluation.live
     metadata = artifacts.model_metadata(metrics, ingested, feats.manifest, feats.manifest_put)
+    # The training rows' bins (inputs and predictions): serving compares live use with them (drift scores).
+    train_h = trained.splits.train_h
+    metadata["drift"] = drift.reference(
+        train_h, training.predict_xgboost(booster, train_h, features.feature_columns())
+    )
     gains = booster.get_score(importance_type="gain")
     test_h = trained.splits.test_h
     images = artifacts.make_plots(

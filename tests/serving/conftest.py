@@ -15,6 +15,7 @@ import pytest
 from moto_helpers import moto_server
 from serving_helpers import DATASET, ENV, MODELS, Trained, put_run
 
+from rayops.workflow import drift
 from rayops.workflow.evaluate import time_split
 from rayops.workflow.features import TARGET, build_features, feature_columns
 from rayops.workflow.ingest import Fetched, parse
@@ -53,9 +54,17 @@ def trained(aws: Any) -> Trained:
         dtrain = xgboost.DMatrix(train[names].to_numpy(), label=train[TARGET].to_numpy(), feature_names=names)
         boosters.append(xgboost.train(params, dtrain, num_boost_round=rounds))
     put_run(aws, "run-a", boosters[1])
-    put_run(aws, "run-b", boosters[0])  # current.json -> run-b
+    reference = drift.reference(train, predict_xgboost(boosters[0], train, names))
+    put_run(aws, "run-b", boosters[0], drift=reference)  # current.json -> run-b (run-a: no drift reference)
     put_run(aws, "run-failed", boosters[1], promoted=False)
     put_run(aws, "run-broken", boosters[1], promoted=True, model_bytes=b"not a model")
-    put_run(aws, "run-b", boosters[0])  # current.json -> run-b again (run-broken's pointer replaced)
+    put_run(aws, "run-b", boosters[0], drift=reference)  # current.json -> run-b again (run-broken replaced)
     offline = predict_xgboost(boosters[0], holdout, names)
-    return Trained(raw=raw, holdout=holdout, booster=boosters[0], offline=offline, run_ids=("run-a", "run-b"))
+    return Trained(
+        raw=raw,
+        holdout=holdout,
+        train=train,
+        booster=boosters[0],
+        offline=offline,
+        run_ids=("run-a", "run-b"),
+    )

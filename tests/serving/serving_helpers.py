@@ -10,8 +10,11 @@ import numpy as np
 import pandas as pd
 
 from rayops.ansible_env import REPO
+from rayops.serving.model import resolve
+from rayops.serving.service import token_digest
 from rayops.workflow import artifacts
 from rayops.workflow.features import feature_columns
+from rayops.workflow.s3 import S3Store
 
 DATASET = REPO.parent / "shared" / "data" / "powerconsumption.csv"
 MODELS = "t-models-serving"
@@ -22,18 +25,33 @@ ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 
+TOKEN = "f" * 64
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def user_config(run_id: str | None = None) -> dict[str, Any]:
+    """The deployment's user_config serve.yml would give for zone 1's pointer (or a pinned run)."""
+    source = resolve(S3Store(), MODELS, 1, run_id)
+    return {"model": source.to_dict(), "token_sha256": token_digest(TOKEN)}
+
 
 @dataclass(frozen=True)
 class Trained:
     raw: pd.DataFrame  # the dataset's 10-minute rows (canonical columns)
     holdout: pd.DataFrame  # the feature rows of the holdout weeks
+    train: pd.DataFrame  # the feature rows the models were trained on
     booster: Any
     offline: np.ndarray  # the workflow's own predict_xgboost on the holdout rows
     run_ids: tuple[str, ...]
 
 
 def put_run(
-    s3: Any, run_id: str, booster: Any, promoted: bool = True, model_bytes: bytes | None = None
+    s3: Any,
+    run_id: str,
+    booster: Any,
+    promoted: bool = True,
+    model_bytes: bytes | None = None,
+    drift: dict[str, Any] | None = None,
 ) -> None:
     """A run's model and metadata where train.yml writes them; current.json moved if promoted."""
     prefix = "zone1"
@@ -50,6 +68,8 @@ def put_run(
         "metrics": {"holdout": {"xgboost": {"rmse": 1.0}}},
         "promoted": promoted,
     }
+    if drift is not None:  # the training distribution, as the workflow saves it (rayops.workflow.drift)
+        metadata["drift"] = drift
     key = artifacts.metadata_key(prefix, run_id)
     s3.put_object(Bucket=MODELS, Key=key, Body=json.dumps(metadata).encode())
     if promoted:

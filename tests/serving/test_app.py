@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from serving_helpers import MODELS, Trained
+from serving_helpers import AUTH, MODELS, TOKEN, Trained, user_config
 
 from rayops.serving.app import build_app
 from rayops.serving.deployment import index_api
@@ -21,14 +21,6 @@ from rayops.serving.service import ModelService, Settings, token_digest
 from rayops.workflow.features import LAGS, TIMESTAMP, feature_columns
 from rayops.workflow.ingest import WEATHER, display_name
 from rayops.workflow.s3 import S3Store
-
-TOKEN = "f" * 64
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def user_config(run_id: str | None = None) -> dict[str, Any]:
-    source = resolve(S3Store(), MODELS, 1, run_id)
-    return {"model": source.to_dict(), "token_sha256": token_digest(TOKEN)}
 
 
 @pytest.fixture(scope="module")

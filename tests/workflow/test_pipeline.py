@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -24,7 +25,7 @@ import xgboost
 from moto_helpers import free_port
 from workflow_helpers import data_args, make_buckets, metrics_line, run_cli
 
-from rayops.workflow import evaluate, features, pipeline
+from rayops.workflow import drift, evaluate, features, pipeline
 from rayops.workflow.cli import METRICS_PREFIX
 from rayops.workflow.config import Buckets
 
@@ -196,6 +197,13 @@ def test_artifacts_carry_lineage_and_reproduce_the_metrics(good_run: Run, s3: An
     again = evaluate.regression_metrics(holdout[features.TARGET].to_numpy(), predicted)
     for key in ("rmse", "mae", "mape", "r2"):
         assert again[key] == pytest.approx(m["holdout"]["xgboost"][key], rel=1e-6)
+    # The drift reference serving scores against: the bins of exactly the rows the model was trained on.
+    train_h, _ = evaluate.time_split(frame, holdout_weeks=1)
+    names = manifest["features"]
+    fitted = booster.predict(xgboost.DMatrix(train_h[names], feature_names=names))
+    assert metadata["drift"] == drift.reference(train_h, np.asarray(fitted, dtype="float64"))
+    assert sorted(metadata["drift"]["features"]) == sorted(drift.monitored_features())
+    assert metadata["drift"]["rows"] == len(train_h)
 
     report = s3.get_object(Bucket=b.results, Key="runs/good-1/report.md")["Body"].read().decode()
     assert "# rayops run good-1" in report
