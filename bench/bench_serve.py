@@ -8,7 +8,9 @@ the ratios against the issue's goals:
 - p99 at concurrency 1 through Serve <= the floor's p50 (in-process predict of one row) + 10 ms;
 - >= 300 single-row requests/s at concurrency 32 (2 replicas);
 - Serve's throughput >= 0.5x the plain-uvicorn peer's (the same app, no Ray);
-- rows/s with 1,000-row bodies >= 20x the single-row requests/s.
+- rows/s with 1,000-row bodies >= 20x the single-row requests/s;
+- and what the model-quality monitor (drift window, live error) adds to one predict call, with it and
+  without it in the same process.
 
 Run: ``.venv/bin/python bench/bench_serve.py [--outputs .rayops/local/outputs.json]``. Wall times depend
 on the host's load (2 shared cores here): compare the ratios within one run.
@@ -74,6 +76,14 @@ def main() -> int:
         f"floor (in-process inplace_predict): 1 row p50 {floor1['p50_ms']:.2f} ms, 1,000 rows p50 "
         f"{floor1000['p50_ms']:.2f} ms"
     )
+    q = r["quality"]
+    for name in ("1_row", "1000_rows"):
+        with_, without = q[name]["with"], q[name]["without"]
+        print(
+            f"quality monitor, {name.replace('_', ' ')} per predict call: p50 {with_:.0f} us with it, "
+            f"{without:.0f} us without (+{with_ - without:.0f} us, {with_ / without:.2f}x)"
+        )
+    print(f"quality snapshot ({q['scored']}): {q['snapshot_ms']:.2f} ms, every 5 s per replica")
     for name in ("peer", "serve"):
         x = r[name]
         failed = x["c1"]["failed"] + x["c32"]["failed"] + x["batch_1000"]["failed"]

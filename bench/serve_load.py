@@ -89,6 +89,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def quality_cost(user_config: dict[str, Any], row: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
+    """What the model-quality monitor adds to a predict call: the same service with it and without it
+    (``quality`` None), alternating blocks so that the host's load hits both alike; and one snapshot of a
+    full window (what the replica's exporter computes every 5 s)."""
+    from rayops.serving.service import ModelService, Settings
+
+    service = ModelService(Settings(zone=1))
+    await service.reconfigure(user_config)
+    monitor = service.quality
+    out: dict[str, Any] = {}
+    for name, matrix, n in (("1_row", row, 2000), ("1000_rows", rows, 40)):
+        times: dict[str, list[float]] = {"with": [], "without": []}
+        for _ in range(10):
+            for state in ("with", "without"):
+                service.quality = monitor if state == "with" else None
+                for _ in range(n // 10):
+                    start = time.perf_counter()
+                    await service.predict(matrix)
+                    times[state].append((time.perf_counter() - start) * 1e6)
+        out[name] = {state: percentile(t, 50) for state, t in times.items()}
+    service.quality = monitor
+    assert monitor is not None
+    snaps = []
+    for _ in range(20):
+        start = time.perf_counter()
+        monitor.snapshot()
+        snaps.append((time.perf_counter() - start) * 1000)
+    out["snapshot_ms"] = percentile(snaps, 50)
+    out["scored"] = monitor.snapshot()["drift"]["state"]
+    return out
+
+
 def main() -> None:
     from rayops.serving.app import build_app
     from rayops.serving.model import ModelSource, load
@@ -115,6 +147,8 @@ def main() -> None:
     one = json.dumps({"instances": [dict.fromkeys(model.features, 1.0)]}).encode()
     thousand = json.dumps({"instances": [dict.fromkeys(model.features, 1.0)] * 1000}).encode()
 
+    quality = asyncio.run(quality_cost(user_config, row, rows))
+
     # The peer: the same app (no batching: @serve.batch needs a replica) under plain uvicorn, in a thread.
     import uvicorn
 
@@ -128,7 +162,7 @@ def main() -> None:
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    results: dict[str, Any] = {"floor": floor}
+    results: dict[str, Any] = {"floor": floor, "quality": quality}
     for name, port, path in (
         ("peer", peer_port, "/predict"),
         ("serve", int(config["http_options"]["port"]), "/zone1/predict"),

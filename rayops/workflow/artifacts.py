@@ -315,6 +315,7 @@ def model_metadata(
         "package_versions": package_versions(),
         "git_sha": metrics["git_sha"],
         "metrics": {"holdout": metrics["holdout"], "seed_protocol": metrics["seed_protocol"]},
+        "splits": metrics["splits"],  # the rows it was trained and scored on (drift: the training rows)
         "promoted": metrics["promoted"],
     }
 

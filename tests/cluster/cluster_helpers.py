@@ -185,3 +185,26 @@ def one_row(api: ServeApi) -> dict[str, float]:
     status, info = api.call("/zone1/model")
     assert status == 200, info
     return dict.fromkeys(info["features"], 1.0)
+
+
+ARTIFACTS = REPO / ".rayops" / "test-artifacts"
+
+
+def wait_for_text(driver: Any, name: str, condition: Any, timeout: float) -> float:
+    """Wait until ``condition(page text)`` holds in the browser; on failure keep a screenshot and the text in
+    .rayops/test-artifacts/."""
+    from selenium.webdriver.common.by import By
+
+    start = time.monotonic()
+    text = ""
+    while time.monotonic() - start < timeout:
+        text = driver.find_element(By.TAG_NAME, "body").text
+        if condition(text):
+            return time.monotonic() - start
+        time.sleep(0.5)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    (ARTIFACTS / f"{name}.txt").write_text(text, encoding="utf-8")
+    raise AssertionError(
+        f"{name}: not shown within {timeout:.0f} s; see {ARTIFACTS}/{name}.png\n{text[-2000:]}"
+    )

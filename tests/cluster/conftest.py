@@ -27,6 +27,7 @@ MODULE_ORDER = (
     "test_train_flow",
     "test_mlflow",
     "test_serve",
+    "test_model_quality",  # after test_serve's rollouts: the model served from then on; before the panels
     "test_monitoring",
     "test_serve_heal",  # restarts the head: a new Ray cluster (the Jobs API forgets train.yml's jobs)
 )
@@ -141,3 +142,31 @@ def serve_api(ray_cluster: RayCluster, served: dict[str, Any]) -> Iterator[Serve
     assert match, served["output"][-3000:]
     with open_tunnel(match.group(1), [8000]) as ports:
         yield ServeApi(f"http://127.0.0.1:{ports[8000]}", ray_cluster.secret("serve_token"))
+
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Debian's chromium and chromium-driver, from make setup), driven by Selenium."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert shutil.which("chromium") and Path(CHROMEDRIVER).exists(), (
+        "the browser tests need Debian's chromium and chromium-driver: run `make setup` (as root)"
+    )
+    options = webdriver.ChromeOptions()
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()

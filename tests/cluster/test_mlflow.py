@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 import xgboost
-from cluster_helpers import DATASET, RayCluster
+from cluster_helpers import DATASET, RayCluster, wait_for_text
+from selenium.webdriver.common.by import By
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 PORT = 5000  # rayops_mlflow_port
@@ -208,6 +209,28 @@ def test_the_champion_alias_and_current_json_agree(
             first_run["tracking"]["model_version"],
             first_run["tracking"]["mlflow_run_id"],
         )
+
+
+def test_the_mlflow_ui_shows_the_run_its_metrics_plots_and_the_champion(
+    mlflow_url: str, first_run: dict[str, Any], browser: Any
+) -> None:
+    """What a person sees through the tunnel in Chromium: the run's page with its metrics, the report's plot
+    in the artifact view, and the registered model with its champion alias."""
+    record = first_run["tracking"]
+    run_page = f"{mlflow_url}/#/experiments/{record['experiment_id']}/runs/{record['mlflow_run_id']}"
+    browser.get(run_page)
+    took = wait_for_text(
+        browser, "mlflow-run", lambda text: "e2e-first" in text and "holdout/xgboost/rmse" in text, 90
+    )
+    browser.get(f"{run_page}/artifacts/report/pred_vs_actual.png")
+    took += wait_for_text(browser, "mlflow-artifacts", lambda text: "pred_vs_actual.png" in text, 60)
+    assert browser.find_elements(By.CSS_SELECTOR, "img[src*='pred_vs_actual.png']"), "no plot image shown"
+    browser.get(f"{mlflow_url}/#/models/{MODEL}")
+    version = champion(mlflow_url)["version"]
+    took += wait_for_text(
+        browser, "mlflow-model", lambda text: f"Version {version}" in text and "champion" in text, 60
+    )
+    print(f"MLflow UI: run, metrics, plot and {MODEL} version {version} @champion shown in {took:.1f} s")
 
 
 def test_a_run_that_is_not_promoted_is_logged_and_moves_nothing(

@@ -203,7 +203,7 @@ def test_artifacts_carry_lineage_and_reproduce_the_metrics(good_run: Run, s3: An
     fitted = booster.predict(xgboost.DMatrix(train_h[names], feature_names=names))
     assert metadata["drift"] == drift.reference(train_h, np.asarray(fitted, dtype="float64"))
     assert sorted(metadata["drift"]["features"]) == sorted(drift.monitored_features())
-    assert metadata["drift"]["rows"] == len(train_h)
+    assert metadata["drift"]["rows"] == len(train_h) == metadata["splits"]["holdout"]["train_rows"]
 
     report = s3.get_object(Bucket=b.results, Key="runs/good-1/report.md")["Body"].read().decode()
     assert "# rayops run good-1" in report
