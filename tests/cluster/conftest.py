@@ -22,12 +22,14 @@ MODULE_ORDER = (
     "test_faults",
     "test_firewall",
     "test_security",
+    "test_node_security",  # issue 15: venv, Ray's files, metadata service, Jupyter terminals
     "test_tools",
     "test_browser",
     "test_train_flow",
     "test_mlflow",
     "test_serve",
     "test_model_quality",  # after test_serve's rollouts: the model served from then on; before the panels
+    "test_unit_hardening",  # issue 15: after serve.yml, whose keeper unit it measures too
     "test_monitoring",
     "test_serve_heal",  # restarts the head: a new Ray cluster (the Jobs API forgets train.yml's jobs)
 )

@@ -279,7 +279,8 @@ def _empty_panels(port: int, dashboard: dict[str, Any]) -> list[str]:
 
 
 def _ray_dashboard(ray_cluster: RayCluster, name: str) -> dict[str, Any]:
-    path = f"/tmp/ray/session_latest/metrics/grafana/dashboards/{name}_grafana_dashboard.json"
+    # rayops_ray_session_dir: Ray's temp dir lives in the Ray user's private folder (issue 15).
+    path = f"/var/lib/ray/private/ray/session_latest/metrics/grafana/dashboards/{name}_grafana_dashboard.json"
     out = ray_cluster.ssh(ray_cluster.head, f"cat {path}")
     assert out.returncode == 0, out.stderr
     dashboard: dict[str, Any] = json.loads(out.stdout)

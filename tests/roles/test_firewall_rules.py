@@ -59,6 +59,11 @@ def _render(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[st
                     },
                 },
                 {
+                    # configure.yml reads them from the node's passwd database (getent): root and a Ray user.
+                    "name": "Render | The uids that may reach the metadata service",
+                    "ansible.builtin.set_fact": {"_firewall_metadata_uids": [0, 999]},
+                },
+                {
                     "name": "Render | The rules file",
                     "ansible.builtin.template": {
                         "src": str(template),
@@ -125,6 +130,12 @@ def test_rules_render_for_every_member_and_nft_accepts_them(tmp_path: Path) -> N
             "tcp dport { 22 } accept",
             "ip saddr @members accept",
         }, accepts
+        # The metadata service: refused for every uid but the listed ones, counted (issue 15).
+        output = rules[rules.index("type filter hook output priority filter; policy accept;") :]
+        assert output[1].startswith("ip daddr { 169.254.169.254 } meta skuid != { 0, 999 } counter reject"), (
+            output[1]
+        )
+        assert output[2].startswith("ip6 daddr { fd00:ec2::254 } meta skuid != { 0, 999 } counter reject")
         # The file replaces only its own table, never the whole ruleset.
         assert "flush ruleset" not in text
         assert rules.count("delete table inet rayops") == 1
