@@ -32,6 +32,11 @@ def test_site_says_where_each_token_lives_and_never_prints_one(
         f"it asks for the cluster token: paste the contents of {ray_token} on the controller" in site_output
     )
     assert f"/lab - its token: {jupyter_token} on the controller" in site_output
+    serve_token = ray_cluster.secret_file("serve_token")  # serve.yml writes it; site.yml names it
+    assert (
+        f"Authorization: Bearer <token> (answers once serve.yml deployed the model); its token: {serve_token}"
+        in (site_output)
+    )
     for token in (ray_token, jupyter_token):
         assert token.read_text(encoding="utf-8").strip() not in site_output
 
