@@ -77,6 +77,12 @@ def test_every_target_is_up_and_a_ray_counter_grows(ray_cluster: RayCluster, tun
         "prometheus": {"127.0.0.1:9090"},
         "alertmanager": {"127.0.0.1:9093"},
     }, by_job
+    # The page site.yml prints (Debian's package serves Prometheus's classic UI only: /targets is a 404).
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/classic/targets", timeout=15) as reply:
+        page = reply.read().decode("utf-8")
+    jobs = re.findall(r"\((\d+)/(\d+) up\)", page)  # each job's "(up/all up)" heading
+    assert jobs and all(up == total for up, total in jobs), jobs
+    assert sum(int(up) for up, _ in jobs) == len(targets), (jobs, len(targets))
     # Ray's own metrics from every node, under the node's inventory name.
     cpu = _query(port, "ray_node_cpu_utilization")
     assert {r["metric"]["node"] for r in cpu} == set(ips), cpu
@@ -189,7 +195,7 @@ def test_site_run_prints_every_forward_and_changes_nothing(ray_cluster: RayClust
     for port in (8265, 8888, 8000, 9090, 9093):
         assert f"-L {port}:127.0.0.1:{port}" in tunnel.group(1)
     assert "-L 3000:" not in tunnel.group(1)  # no Grafana here, so no forward for it
-    assert "Prometheus: http://127.0.0.1:9090/targets - no login" in site_output
+    assert "Prometheus: http://127.0.0.1:9090/classic/targets - no login" in site_output
     assert "Alertmanager: http://127.0.0.1:9093 - no login" in site_output
     assert (
         f"Grafana is not installed on {ray_cluster.head}: its only package source, https://apt.grafana.com"
