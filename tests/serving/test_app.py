@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from moto_helpers import free_port
 from serving_helpers import AUTH, MODELS, TOKEN, Trained, user_config
 
 from rayops.serving.app import build_app
@@ -271,6 +272,8 @@ def test_concurrent_single_row_calls_share_one_predict(trained: Trained) -> None
     settings = {"zone": 1, "max_batch_size": 32, "batch_wait_timeout_s": 0.05}
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        # Serve's proxy on a free loopback port: 8000 may be taken on the controller (a tunnel to a cluster).
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
         handle = serve.run(ZoneModel.options(user_config=user_config()).bind(settings), name="zone1")
         before = handle.stats.remote().result(timeout_s=60)
         responses = [handle.predict.remote([list(r)]) for r in rows]
