@@ -36,16 +36,18 @@ ROWS = 100
 WINDOW = Settings(zone=1).quality_window  # serve.yml does not set it
 
 
-def _served_run(ray_cluster: RayCluster, serve_api: ServeApi) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The run zone 1 serves now, its metadata, and its feature rows (read back from the features bucket)."""
+def _served_run(
+    ray_cluster: RayCluster, serve_api: ServeApi
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """The run zone 1 serves now: its metadata, and its training and holdout rows (read back from the features
+    bucket, split as the run split them)."""
     status, info = serve_api.call("/zone1/model")
     assert status == 200, info
     s3 = ray_cluster.cloud.s3_client()
 
-    def get(uri: str, version: str | None = None) -> bytes:
+    def get(uri: str) -> bytes:
         bucket, _, key = uri.removeprefix("s3://").partition("/")
-        args = {"Bucket": bucket, "Key": key} | ({"VersionId": version} if version else {})
-        body: bytes = s3.get_object(**args)["Body"].read()
+        body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         return body
 
     bucket, _, key = info["model_uri"].removeprefix("s3://").partition("/")
@@ -59,14 +61,18 @@ def _served_run(ray_cluster: RayCluster, serve_api: ServeApi) -> tuple[dict[str,
         if p["Key"].endswith(".parquet")
     ]
     frame = pd.concat([t.to_pandas() for t in tables]).sort_values("timestamp").reset_index(drop=True)
-    return metadata, frame
+    train, holdout = time_split(frame, int(metadata["splits"]["holdout"]["weeks"]))
+    return metadata, train, holdout
+
+
+def _instances(part: pd.DataFrame, features: list[str]) -> list[dict[str, float]]:
+    return [{k: float(v) for k, v in r.items()} for r in part[features].to_dict("records")]
 
 
 def _post_rows(serve_api: ServeApi, frame: pd.DataFrame, features: list[str]) -> None:
     for start in range(0, CALLS * ROWS, ROWS):
         part = frame.iloc[start % len(frame) : start % len(frame) + ROWS]
-        rows = [{k: float(v) for k, v in r.items()} for r in part[features].to_dict("records")]
-        status, reply = serve_api.call("/zone1/predict", {"instances": rows})
+        status, reply = serve_api.call("/zone1/predict", {"instances": _instances(part, features)})
         assert status == 200, reply
 
 
@@ -106,9 +112,8 @@ def test_drift_scores_stay_low_for_training_like_rows_and_rise_for_warmer_ones(
     ray_cluster: RayCluster, serve_api: ServeApi, tunnel: dict[str, int]
 ) -> None:
     port = tunnel["prometheus"]
-    metadata, frame = _served_run(ray_cluster, serve_api)
+    metadata, train, _ = _served_run(ray_cluster, serve_api)
     run_id, features = metadata["run_id"], metadata["features"]
-    train, _ = time_split(frame, int(metadata["splits"]["holdout"]["weeks"]))
     sample = train.sample(n=CALLS * ROWS, random_state=0, replace=len(train) < CALLS * ROWS)
     where = f'application="zone1",run_id="{run_id}"'
     psi = f'ray_rayops_feature_drift_psi{{{where},feature="temperature"}}'
@@ -165,14 +170,13 @@ def test_actuals_of_the_holdout_give_its_offline_error_in_prometheus(
     ray_cluster: RayCluster, serve_api: ServeApi, tunnel: dict[str, int]
 ) -> None:
     port = tunnel["prometheus"]
-    metadata, frame = _served_run(ray_cluster, serve_api)
+    metadata, _, holdout = _served_run(ray_cluster, serve_api)
     run_id, features = metadata["run_id"], metadata["features"]
-    _, holdout = time_split(frame, int(metadata["splits"]["holdout"]["weeks"]))
     offline = metadata["metrics"]["holdout"]["xgboost"]
     for start in range(0, len(holdout), 96):
         part = holdout.iloc[start : start + 96]
         body = {
-            "instances": [{k: float(v) for k, v in r.items()} for r in part[features].to_dict("records")],
+            "instances": _instances(part, features),
             "actuals": part[TARGET].astype(float).tolist(),
         }
         status, reply = serve_api.call("/zone1/actuals", body)
