@@ -134,6 +134,8 @@ def run(
     log.info("artifacts: metrics %s, report %s", metrics["metrics_uri"], metrics["report_uri"])
     if evaluation.decision.promoted:
         lost = promote_stage(store, layout, live, ingested, feats, metrics)
+        # MLflow's champion alias follows the pointer only once the pointer's write has succeeded.
+        metrics["tracking"] = tracking.settle(metrics["tracking"], promoted=lost is None)
         if lost is not None:
             # Not promoted after all: the run's record and metadata say so (the pointer names another run).
             metrics["promoted"] = False
@@ -142,7 +144,9 @@ def run(
             store.put_json(layout.buckets.results, layout.metrics_key, metrics, if_match=metrics_put.etag)
             metadata = store.get_json(layout.buckets.models, layout.metadata_key)
             store.put_json(
-                layout.buckets.models, layout.metadata_key, {**(metadata or {}), "promoted": False}
+                layout.buckets.models,
+                layout.metadata_key,
+                {**(metadata or {}), "promoted": False, "tracking": metrics["tracking"]},
             )
             raise NotPromotedError(
                 f"the model of run {config.run_id} was not promoted ({lost}); "

@@ -11,7 +11,9 @@ passes the head's, on loopback):
   the promotion decision (:func:`run_tags`);
 * artifacts: the features manifest, the report with its plots, the package versions, and the model
   in MLflow's xgboost flavour, registered as ``rayops-zone<N>``; only a promoted run moves the
-  registered model's ``champion`` alias to its version.
+  registered model's ``champion`` alias to its version, and only once its ``current.json`` write has
+  succeeded (:func:`settle`, after the conditional promotion): a run that loses the promotion race to
+  another run never moves the alias, and its tags say ``rayops.promoted=false``.
 
 The server proxies artifacts into the models bucket, so the driver needs no S3 settings for MLflow.
 ``current.json`` stays the source of truth for serving; the alias mirrors it.
@@ -232,8 +234,6 @@ def _log_run(
         client.set_model_version_tag(
             model_name, version, "rayops.promoted", str(bool(metrics["promoted"])).lower()
         )
-        if metrics["promoted"]:
-            client.set_registered_model_alias(model_name, CHAMPION, version)
     record = {
         "tracked": True,
         "tracking_uri": uri,
@@ -251,6 +251,38 @@ def _log_run(
         experiment.name,
         model_name,
         version,
-        f" (alias {CHAMPION})" if metrics["promoted"] else " (not promoted: the champion alias stays)",
+        f" (alias {CHAMPION} once promoted)"
+        if metrics["promoted"]
+        else " (not promoted: the champion alias stays)",
     )
     return record
+
+
+def settle(record: dict[str, Any], promoted: bool) -> dict[str, Any]:
+    """After the promotion's conditional write: the alias moves to this run's version if it won; if it lost,
+    the version's and the run's ``rayops.promoted`` tags become ``false`` and the record's alias ``None``.
+
+    Best effort like :func:`track`: an MLflow error is one warning (the pointer has the last word).
+    """
+    if not record.get("tracked"):
+        return record
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(record["tracking_uri"])
+        name, version = record["registered_model"], record["model_version"]
+        if promoted:
+            client.set_registered_model_alias(name, CHAMPION, version)
+            return {**record, "alias": CHAMPION}
+        client.set_model_version_tag(name, version, "rayops.promoted", "false")
+        client.set_tag(record["mlflow_run_id"], "rayops.promoted", "false")
+        return {**record, "alias": None}
+    except Exception as err:  # as in track(): never fail a finished run over MLflow
+        log.warning(
+            "tracking: MLflow's %s alias and tags could not be updated after the promotion (%s: %s); "
+            "current.json is what serving follows",
+            CHAMPION,
+            type(err).__name__,
+            str(err).strip().splitlines()[0] if str(err).strip() else "no message",
+        )
+        return record

@@ -25,6 +25,7 @@ BASELINE = {
     "ray-worker": 9.2,
     "jupyterlab": 9.2,
     "mlflow": 3.0,
+    "mlflow-backup": 5.0,  # measured on 0b0bf7f, before it shared the server's sandbox
     "rayops-serve": 3.4,
     "rayops-jobs-textfile": 9.2,
     "prometheus": 3.9,
@@ -36,6 +37,7 @@ HEAD_UNITS = [
     "ray-head",
     "jupyterlab",
     "mlflow",
+    "mlflow-backup",
     "rayops-serve",
     "rayops-jobs-textfile",
     "prometheus",
@@ -55,7 +57,15 @@ REQUIRED = {
     "ProtectControlGroups": "yes",
     "RestrictSUIDSGID": "yes",
 }
-OWN_UNITS = {"ray-head", "ray-worker", "jupyterlab", "mlflow", "rayops-serve", "rayops-jobs-textfile"}
+OWN_UNITS = {
+    "ray-head",
+    "ray-worker",
+    "jupyterlab",
+    "mlflow",
+    "mlflow-backup",
+    "rayops-serve",
+    "rayops-jobs-textfile",
+}
 
 
 def _exposure(cluster: RayCluster, node: str, unit: str) -> float:

@@ -10,6 +10,7 @@ warm), on loopback, a SQLite backend in tmp_path and its artifacts proxied into 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -134,7 +135,13 @@ class Tracked:
     dataset: Path
 
 
-def _train(server: Server, dataset: Path, run_id: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _train(
+    server: Server,
+    dataset: Path,
+    run_id: str,
+    *extra: str,
+    program: tuple[str, ...] = ("-m", "rayops.workflow"),
+) -> subprocess.CompletedProcess[str]:
     return run_cli(
         *data_args(dataset, server.buckets, server.moto),
         "--run-id",
@@ -145,6 +152,7 @@ def _train(server: Server, dataset: Path, run_id: str, *extra: str) -> subproces
         server.uri,
         *SMALL,
         *extra,
+        program=program,
     )
 
 
@@ -278,6 +286,43 @@ def test_a_run_that_is_not_promoted_is_logged_and_leaves_the_champion(
     champion = mlf.get_model_version_by_alias("rayops-zone1", "champion")
     assert champion.version == promoted.metrics["tracking"]["model_version"]
     assert mlf.get_model_version("rayops-zone1", record["model_version"]).tags["rayops.promoted"] == "false"
+
+
+# The workflow's own entrypoint, another run's promotion injected right before this run's own: the pointer
+# changes between this run's start and its conditional write, as when two runs of one zone overlap.
+RACED = """
+import sys
+from rayops.workflow import cli, promotion
+
+real = promotion.promote
+
+def promote_after_another_run(store, layout, live, pointer, pins):
+    other = store.get_json(layout.buckets.models, layout.current_key)
+    store.put_json(layout.buckets.models, layout.current_key, {**other, "rewritten_by": "another run"})
+    return real(store, layout, live, pointer, pins)
+
+promotion.promote = promote_after_another_run
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_run_that_loses_the_promotion_race_never_moves_the_champion(
+    mlflow_server: Server, promoted: Tracked
+) -> None:
+    champion_before = client(mlflow_server).get_model_version_by_alias("rayops-zone1", "champion").version
+    proc = _train(mlflow_server, promoted.dataset, "tracked-race", program=("-c", RACED))
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-2000:]
+    metrics = metrics_line(proc.stdout)
+    assert metrics["promoted"] is False and "while this run was training" in metrics["promotion"]["decision"]
+    record = metrics["tracking"]
+    assert record["tracked"] is True and record["alias"] is None
+    mlf = client(mlflow_server)
+    assert mlf.get_model_version_by_alias("rayops-zone1", "champion").version == champion_before
+    assert mlf.get_model_version("rayops-zone1", record["model_version"]).tags["rayops.promoted"] == "false"
+    assert mlf.get_run(record["mlflow_run_id"]).data.tags["rayops.promoted"] == "false"
+    s3 = boto3.client("s3", endpoint_url=mlflow_server.moto, region_name="us-east-1")
+    meta = s3.get_object(Bucket=mlflow_server.buckets.models, Key="zone1/runs/tracked-race/metadata.json")
+    assert json.loads(meta["Body"].read())["tracking"]["alias"] is None
 
 
 def test_a_down_server_costs_one_warning_and_nothing_else(mlflow_server: Server, promoted: Tracked) -> None:

@@ -32,11 +32,14 @@ def make_buckets(s3: Any, versioned: bool = True) -> Buckets:
     return Buckets(**names)
 
 
-def run_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: int = 900, program: tuple[str, ...] = ("-m", "rayops.workflow")
+) -> subprocess.CompletedProcess[str]:
+    """``python -m rayops.workflow run ARGS``; ``program`` replaces ``-m rayops.workflow`` (``-c CODE``)."""
     env = {**os.environ, **TEST_ENV}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(
-        [sys.executable, "-m", "rayops.workflow", "run", *args],
+        [sys.executable, *program, "run", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
