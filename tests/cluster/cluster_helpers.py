@@ -19,7 +19,22 @@ from typing import Any
 from rayops.ansible_env import BIN, REPO, ansible_env
 from rayops.localcloud.cloud import LocalCloud
 
-__all__ = ["DATASET", "REPO", "RayCluster", "ServeApi", "one_row", "open_tunnel", "recap"]
+__all__ = [
+    "DATASET",
+    "RAY_CLIENT",
+    "REPO",
+    "RayCluster",
+    "ServeApi",
+    "one_row",
+    "open_tunnel",
+    "pointer_and_model",
+    "ray_session",
+    "raylets",
+    "recap",
+    "wait_head_restarted",
+    "wait_healthy",
+    "worker_serve",
+]
 
 # The seed lab's dataset: CI runs with ../shared beside the repo.
 DATASET = REPO.parent / "shared" / "data" / "powerconsumption.csv"
@@ -208,3 +223,75 @@ def wait_for_text(driver: Any, name: str, condition: Any, timeout: float) -> flo
     raise AssertionError(
         f"{name}: not shown within {timeout:.0f} s; see {ARTIFACTS}/{name}.png\n{text[-2000:]}"
     )
+
+
+# Issue 16's chaos tests (test_chaos_head, test_serve_heal): the head's faults and what must hold after them.
+RAY_CLIENT = "sudo -u ray bash -c 'set -a; . /etc/rayops/ray-client.env; set +a; {}'"
+
+
+@contextmanager
+def worker_serve(cluster: RayCluster, worker: str, token: str) -> Iterator[ServeApi]:
+    """Serve's HTTP proxy on ``worker`` (it listens on the worker's loopback) through an SSH tunnel of our
+    own on a free local port: requests that never touch the head."""
+    local = free_port()
+    argv = cluster.cloud.ssh_command(cluster.cloud.machine(worker))
+    argv[1:1] = ["-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{local}:127.0.0.1:8000"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        api = ServeApi(f"http://127.0.0.1:{local}", token)
+        deadline = time.monotonic() + 30
+        while api.call("/zone1/model")[0] != 200:
+            assert proc.poll() is None, (
+                f"the tunnel to {worker} exited: {proc.stderr.read() if proc.stderr else ''}"
+            )
+            assert time.monotonic() < deadline, f"{worker}'s Serve proxy did not answer within 30 s"
+            time.sleep(0.5)
+        yield api
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def pointer_and_model(cluster: RayCluster, first_run: dict[str, Any], api: ServeApi) -> tuple[Any, str]:
+    """Zone 1's current.json (parsed) and the run the API serves."""
+    bucket, _, key = first_run["current_uri"].removeprefix("s3://").partition("/")
+    pointer = json.loads(cluster.cloud.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    status, info = api.call("/zone1/model")
+    assert status == 200, info
+    return pointer, info["run_id"]
+
+
+def raylets(cluster: RayCluster) -> dict[str, tuple[str, str]]:
+    """Each worker's raylet PID and ray-worker invocation: a change means the worker left the cluster."""
+    found = {}
+    for worker in cluster.workers:
+        pid = cluster.ssh(worker, "pgrep -x raylet").stdout.split()
+        found[worker] = (" ".join(pid), cluster.unit_invocation(worker, "ray-worker"))
+    return found
+
+
+def ray_session(cluster: RayCluster) -> str:
+    """The head's Ray session folder: a new one means a new cluster."""
+    out = cluster.ssh(cluster.head, "readlink -f /var/lib/ray/private/ray/session_latest")
+    return out.stdout.strip()
+
+
+def wait_head_restarted(cluster: RayCluster, before: str, deadline_s: float) -> None:
+    """Until ray-head runs a new invocation (so a dying head's answer never counts as back)."""
+    start = time.monotonic()
+    while cluster.unit_invocation(cluster.head, "ray-head") == before:
+        assert time.monotonic() - start < deadline_s, (
+            f"systemd did not restart ray-head within {deadline_s} s"
+        )
+        time.sleep(0.5)
+
+
+def wait_healthy(cluster: RayCluster, deadline_s: float) -> None:
+    """Until the head's GCS answers `ray health-check` and all three nodes are alive."""
+    start = time.monotonic()
+    address = f"{cluster.cloud.machine(cluster.head).ip}:6379"
+    check = RAY_CLIENT.format(f"timeout 20 /opt/rayops/venv/bin/ray health-check --address={address}")
+    while cluster.ssh(cluster.head, check).returncode != 0:
+        assert time.monotonic() - start < deadline_s, f"the head's GCS did not answer within {deadline_s} s"
+        time.sleep(1)
+    cluster.wait_alive(3, deadline_s=max(deadline_s - (time.monotonic() - start), 10))

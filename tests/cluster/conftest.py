@@ -31,7 +31,8 @@ MODULE_ORDER = (
     "test_model_quality",  # after test_serve's rollouts: the model served from then on; before the panels
     "test_unit_hardening",  # issue 15: after serve.yml, whose keeper unit it measures too
     "test_monitoring",
-    "test_serve_heal",  # restarts the head: a new Ray cluster (the Jobs API forgets train.yml's jobs)
+    "test_chaos_head",  # issue 16: GCS killed, head rebooted, head disk full (the same cluster after each)
+    "test_serve_heal",  # the head's Ray restarted under Serve load on a worker's proxy
 )
 
 

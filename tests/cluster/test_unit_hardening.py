@@ -32,6 +32,8 @@ BASELINE = {
     "prometheus-alertmanager": 9.2,
     "prometheus-node-exporter": 9.2,
     "rayops-firewall": 9.4,
+    # Issue 16's GCS store: Debian's redis-server unit as shipped (hardened already), without our drop-in.
+    "redis-server": 1.1,
 }
 HEAD_UNITS = [
     "ray-head",
@@ -44,6 +46,7 @@ HEAD_UNITS = [
     "prometheus-alertmanager",
     "prometheus-node-exporter",
     "rayops-firewall",
+    "redis-server",
 ]
 WORKER_UNITS = ["ray-worker", "prometheus-node-exporter", "rayops-firewall"]
 # What every unit must say (systemctl show), the firewall's one capability apart.
@@ -120,6 +123,9 @@ def test_the_directives_are_in_force(ray_cluster: RayCluster, served: dict[str, 
                     shown,
                 )
                 assert shown["UMask"] in ("0077", "0027", "0022"), (node, unit, shown["UMask"])
+    # The GCS store: /etc/redis (its password) no longer writable by Redis, loopback only.
+    redis = _show(ray_cluster, ray_cluster.head, "redis-server", ["ReadWritePaths", "IPAddressDeny", "UMask"])
+    assert "/etc/redis" not in redis["ReadWritePaths"] and redis["UMask"] == "0077", redis
     ray = _show(ray_cluster, ray_cluster.head, "ray-head", ["ReadWritePaths", "ExecStart"])
     assert ray["ReadWritePaths"] == "/var/lib/ray", ray
     assert "--temp-dir=/var/lib/ray/private/ray" in ray["ExecStart"], ray["ExecStart"]

@@ -61,7 +61,12 @@ def _render(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[st
                 {
                     # configure.yml reads them from the node's passwd database (getent): root and a Ray user.
                     "name": "Render | The uids that may reach the metadata service",
-                    "ansible.builtin.set_fact": {"_firewall_metadata_uids": [0, 999]},
+                    "ansible.builtin.set_fact": {
+                        "_firewall_metadata_uids": [0, 999],
+                        # configure.yml: the head's Redis (GCS fault tolerance), once the Ray user exists.
+                        "_firewall_gcs_store": "{{ inventory_hostname == 'fw-head' }}",
+                        "_firewall_gcs_store_uids": [0, 999],
+                    },
                 },
                 {
                     "name": "Render | The rules file",
@@ -136,6 +141,9 @@ def test_rules_render_for_every_member_and_nft_accepts_them(tmp_path: Path) -> N
             output[1]
         )
         assert output[2].startswith("ip6 daddr { fd00:ec2::254 } meta skuid != { 0, 999 } counter reject")
+        # The head's Redis on loopback (GCS fault tolerance, issue 16): root's and the Ray user's only.
+        redis = "ip daddr 127.0.0.0/8 tcp dport 6390 meta skuid != { 0, 999 } counter reject"
+        assert any(r.startswith(redis) for r in output) == (host == "fw-head"), output
         # The file replaces only its own table, never the whole ruleset.
         assert "flush ruleset" not in text
         assert rules.count("delete table inet rayops") == 1
