@@ -128,18 +128,18 @@ def test_rebooted_head_machine_heals_without_ansible(
 
 
 def test_head_with_too_little_free_disk_is_refused(ray_cluster: RayCluster) -> None:
-    """The head's disk filled to the preflight bound: 1 GiB written with fallocate where Ray writes, and the
-    bound (ray_service_min_free_disk_mb) set 512 MiB below the free space before the fill (the host's disk
-    is shared with other clouds: filling all of it is not an option). Preflight refuses with its sentence;
-    with the file gone the same bound passes. ~30-40 s."""
+    """The head's disk filled to the preflight bound: 2 GiB written with fallocate where Ray writes, and the
+    bound (ray_service_min_free_disk_mb) set 1 GiB below the free space before the fill (the host's disk is
+    shared with other clouds: filling all of it is not an option; the 1 GiB margins absorb their writes).
+    Preflight refuses with its sentence; with the file gone the same bound passes. ~30-40 s."""
     head = ray_cluster.head
     free = ray_cluster.ssh(head, "df -P -m /var/lib/ray | tail -n 1 | awk '{print $4}'")
     assert free.returncode == 0, free.stderr
-    bound = int(free.stdout) - 512
+    bound = int(free.stdout) - 1024
     args = ("site.yml", "--tags", "preflight", "--limit", head, "-e", f"ray_service_min_free_disk_mb={bound}")
     fill = "/var/lib/ray/rayops-chaos-fill"
     try:
-        filled = ray_cluster.ssh(head, f"fallocate -l 1G {fill} && sync")
+        filled = ray_cluster.ssh(head, f"fallocate -l 2G {fill} && sync")
         assert filled.returncode == 0, filled.stderr
         refused = ray_cluster.playbook(*args)
         flat = " ".join(refused.stdout.split())
