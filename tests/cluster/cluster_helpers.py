@@ -287,11 +287,20 @@ def wait_head_restarted(cluster: RayCluster, before: str, deadline_s: float) -> 
 
 
 def wait_healthy(cluster: RayCluster, deadline_s: float) -> None:
-    """Until the head's GCS answers `ray health-check` and all three nodes are alive."""
+    """Until the head's GCS answers `ray health-check`, its Jobs API answers (the dashboard: what train.yml
+    and serve.yml talk to) and all three nodes are alive. With GCS fault tolerance "3 alive" alone is not
+    enough: the GCS reloads the old head's node as alive until it notices it is gone (a train.yml started
+    then found no Jobs API)."""
     start = time.monotonic()
     address = f"{cluster.cloud.machine(cluster.head).ip}:6379"
-    check = RAY_CLIENT.format(f"timeout 20 /opt/rayops/venv/bin/ray health-check --address={address}")
-    while cluster.ssh(cluster.head, check).returncode != 0:
-        assert time.monotonic() - start < deadline_s, f"the head's GCS did not answer within {deadline_s} s"
-        time.sleep(1)
+    checks = {
+        "GCS": RAY_CLIENT.format(f"timeout 20 /opt/rayops/venv/bin/ray health-check --address={address}"),
+        "Jobs API": RAY_CLIENT.format("timeout 20 /opt/rayops/venv/bin/ray job list"),
+    }
+    for name, check in checks.items():
+        while cluster.ssh(cluster.head, check).returncode != 0:
+            assert time.monotonic() - start < deadline_s, (
+                f"the head's {name} did not answer within {deadline_s} s"
+            )
+            time.sleep(1)
     cluster.wait_alive(3, deadline_s=max(deadline_s - (time.monotonic() - start), 10))
