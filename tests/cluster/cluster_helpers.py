@@ -239,12 +239,14 @@ def worker_serve(cluster: RayCluster, worker: str, token: str) -> Iterator[Serve
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         api = ServeApi(f"http://127.0.0.1:{local}", token)
-        deadline = time.monotonic() + 30
-        while api.call("/zone1/model")[0] != 200:
+        deadline = time.monotonic() + 120
+        while (answer := api.call("/zone1/model"))[0] != 200:
             assert proc.poll() is None, (
                 f"the tunnel to {worker} exited: {proc.stderr.read() if proc.stderr else ''}"
             )
-            assert time.monotonic() < deadline, f"{worker}'s Serve proxy did not answer within 30 s"
+            assert time.monotonic() < deadline, (
+                f"{worker}'s Serve proxy did not answer within 120 s: {answer}"
+            )
             time.sleep(0.5)
         yield api
     finally:
@@ -299,8 +301,15 @@ def wait_healthy(cluster: RayCluster, deadline_s: float) -> None:
     }
     for name, check in checks.items():
         while cluster.ssh(cluster.head, check).returncode != 0:
-            assert time.monotonic() - start < deadline_s, (
-                f"the head's {name} did not answer within {deadline_s} s"
-            )
+            if time.monotonic() - start >= deadline_s:
+                journal = cluster.ssh(
+                    cluster.head,
+                    "systemctl show ray-head -p NRestarts -p ActiveState; "
+                    "journalctl -u ray-head -n 400 --no-pager | grep -E "
+                    "'Exception|Timed out|exited unexpectedly|exit code|Scheduled restart' | tail -n 12",
+                )
+                raise AssertionError(
+                    f"the head's {name} did not answer within {deadline_s} s: {journal.stdout}"
+                )
             time.sleep(1)
     cluster.wait_alive(3, deadline_s=max(deadline_s - (time.monotonic() - start), 10))

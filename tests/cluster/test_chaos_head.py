@@ -31,6 +31,15 @@ from cluster_helpers import (
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
 
+def http_get(url: str, token: str = "") -> str:
+    """A shell command on a node that fails unless ``url`` answers 2xx (urllib raises on anything else)."""
+    code = (
+        "import urllib.request as u; "
+        f'u.urlopen(u.Request("{url}", headers={{"Authorization": "Bearer {token}"}}), timeout=10)'
+    )
+    return f"python3 -c '{code}'"
+
+
 @pytest.fixture(scope="module")
 def worker_api(ray_cluster: RayCluster, served: dict[str, Any]) -> Iterator[ServeApi]:
     """The first worker's Serve proxy: it must answer through every fault of the head."""
@@ -108,10 +117,11 @@ def test_rebooted_head_machine_heals_without_ansible(
     wait_healthy(ray_cluster, 240)
     ray_up = time.monotonic() - start
     token = ray_cluster.secret("serve_token")
+    # The nodes have no curl: the distribution's python3 asks (a non-2xx answer or none exits non-zero).
     waiting = {
-        "serve": f"curl -sf -o /dev/null -H 'Authorization: Bearer {token}' http://127.0.0.1:8000/zone1/model",
-        "prometheus": "curl -sf http://127.0.0.1:9090/-/ready",
-        "mlflow": "curl -sf http://127.0.0.1:5000/health",
+        "serve": http_get("http://127.0.0.1:8000/zone1/model", token),
+        "prometheus": http_get("http://127.0.0.1:9090/-/ready"),
+        "mlflow": http_get("http://127.0.0.1:5000/health"),
     }
     while waiting and time.monotonic() - start < 300:
         waiting = {name: cmd for name, cmd in waiting.items() if ray_cluster.ssh(head, cmd).returncode != 0}
