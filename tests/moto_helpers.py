@@ -24,6 +24,13 @@ def free_port() -> int:
 @contextmanager
 def moto_server() -> Iterator[str]:
     """The .venv's moto_server on 127.0.0.1 until the block ends; yields its endpoint URL."""
+    with moto_server_process() as (endpoint, _proc):
+        yield endpoint
+
+
+@contextmanager
+def moto_server_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``moto_server`` that also yields the process (a test may pause it: an S3 outage)."""
     port = free_port()
     binary = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen(
@@ -44,7 +51,7 @@ def moto_server() -> Iterator[str]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("moto_server did not start") from None
                 time.sleep(0.2)
-        yield endpoint
+        yield endpoint, proc
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -20,8 +20,12 @@ from ansible.utils.display import Display
 
 display = Display()
 
-#: Consecutive failed status calls tolerated while following (a head busy or restarting for seconds).
+#: Consecutive failed status calls always tolerated while following (a head busy for seconds) ...
 STATUS_RETRIES = 3
+#: ... and for this long after the first of them, one call every RETRY_PAUSE_S: a head that restarts
+#: (20-40 s measured, tests/cluster/test_faults.py) is waited for; then the job is found or reported lost.
+UNREACHABLE_S = 300.0
+RETRY_PAUSE_S = 5.0
 #: Default long-poll of one status call, seconds (the module returns as soon as a line comes).
 DEFAULT_WAIT_S = 10
 #: Keys of the module's last answer that the follow result keeps (log_lines is dropped: they were shown).
@@ -41,20 +45,26 @@ def follow(
     timeout_s: float | None,
     show: Callable[[str], None],
     clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
     started: float | None = None,
+    unreachable_s: float = UNREACHABLE_S,
 ) -> dict[str, Any]:
     """Poll with ``call(module_args)`` from the answer ``first`` until the job is terminal; print each
-    new non-empty log line once with ``show``. Returns the last answer (with the module's keys)."""
+    new non-empty log line once with ``show``. Failed calls are retried (see UNREACHABLE_S). Returns
+    the last answer (with the module's keys)."""
     started = clock() if started is None else started
     wait_s = int(args.get("wait_s") or DEFAULT_WAIT_S)
     status_args = {**args, "state": "status"}
-    result, failures, last_status = first, 0, None
+    result, failures, last_status, failing_since = first, 0, None, 0.0
     while True:
         if result.get("failed"):
             failures += 1
-            if failures > STATUS_RETRIES:
+            failing_since = clock() if failures == 1 else failing_since
+            if failures > STATUS_RETRIES and clock() - failing_since >= unreachable_s:
                 return result
             show(f"{_elapsed(clock() - started)} (status call failed, retrying: {result.get('msg', '')})")
+            if failures > 1:
+                sleep(RETRY_PAUSE_S)
         else:
             failures = 0
             changed_status = result.get("status") != last_status

@@ -73,6 +73,33 @@ options:
     description: Number of log lines to return.
     type: int
     default: 30
+  exclusive_key:
+    description:
+      - With O(state=present), a key of O(metadata), e.g. C(target). The job is not submitted while
+        another job of the Jobs API with the same value under that key is PENDING or RUNNING; the
+        module fails with one sentence naming that job's C(run_id) (or waits, see O(queue)). Two
+        submissions that race both see each other after submitting, and the later one (by start time,
+        then id) stops itself.
+    type: str
+  queue:
+    description:
+      - With O(exclusive_key), wait (up to O(queue_timeout_s)) for the other job to end instead of failing.
+    type: bool
+    default: false
+  queue_timeout_s:
+    description: With O(queue), seconds to wait for the other job before failing.
+    type: int
+    default: 3600
+  min_node_cpus:
+    description:
+      - With O(state=present), refuse to submit unless at least one alive node of the cluster offers
+        this many CPUs to Ray (a worker of that size could never be placed); 0 checks nothing.
+    type: int
+    default: 0
+  min_node_cpus_name:
+    description: The name of the setting behind O(min_node_cpus), for the sentence of a refusal.
+    type: str
+    default: min_node_cpus
 author: rayops
 """
 
@@ -99,8 +126,16 @@ EXAMPLES = r"""
 
 RETURN = r"""
 status:
-  description: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED.
+  description:
+    - PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED; LOST (with O(state=status)) when the Jobs API no
+      longer knows a job it was asked about (its head restarted without it).
   type: str
+  returned: always
+lost:
+  description:
+    - The job is gone or its driver died with the head (FAILED with Ray's "supervisor/driver died"
+      message), so the run did not finish. C(finished) is true and C(error) says so in one sentence.
+  type: bool
   returned: always
 finished:
   description: Whether the job reached a terminal state.
@@ -149,6 +184,8 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+#: How long a submission is retried while the head's job agent is not up yet (a head that just started).
+SUBMIT_RETRY_S = 60
 _METRICS = re.compile(r"^RAYOPS_METRICS_JSON=(\{.*\})\s*$")
 _ERROR = re.compile(r"^\[rayops\] error: (.+)$")
 
@@ -183,6 +220,30 @@ def summarize_logs(logs: str, tail: int) -> dict[str, object]:
     return result
 
 
+#: Ray's error types of a job whose supervisor (so its driver) died with a node, not by its own error.
+_LOST_TYPES = {"JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE"}
+_LOST_MESSAGE = re.compile(
+    r"^(Job supervisor actor died|Job monitoring .* failed unexpectedly)", re.IGNORECASE
+)
+
+
+def driver_lost(status: str, info: Any) -> bool:
+    """Whether a FAILED job failed because its supervisor/driver was lost (a head restart), by Ray's
+    ``error_type`` (or its message), as opposed to the job's own error (a non-zero exit)."""
+    if status != "FAILED":
+        return False
+    kind = getattr(info, "error_type", None)
+    kind = str(getattr(kind, "value", kind) or "")
+    return kind in _LOST_TYPES or bool(_LOST_MESSAGE.search(str(getattr(info, "message", "") or "")))
+
+
+def lost_sentence(job_id: str, why: str) -> str:
+    return (
+        f"The Ray job {job_id} was lost with the Ray head ({why}): the run did not finish and promoted "
+        "nothing; train again with a new train_run_id."
+    )
+
+
 def _status(job_info: Any) -> str:
     status = job_info.status
     return str(getattr(status, "value", status))
@@ -208,12 +269,67 @@ def _check_mode_exit(module: AnsibleModule, changed: bool, status: str, msg: str
         changed=changed,
         status=status,
         finished=False,
+        lost=False,
         progress="",
         logs_tail=[],
         log_lines=[],
         log_offset=module.params["log_offset"],
         msg=msg,
     )
+
+
+def _exit_lost(module: AnsibleModule, job_id: str, lines: list[str], offset: int, why: str) -> None:
+    """The answer about a job the Jobs API lost: terminal, status LOST, the sentence as its error."""
+    module.exit_json(
+        changed=False,
+        status="LOST",
+        finished=True,
+        lost=True,
+        progress="",
+        logs_tail=[],
+        log_lines=lines,
+        log_offset=offset,
+        error=lost_sentence(job_id, why),
+    )
+
+
+def _metadata_of(job: Any) -> dict[str, str]:
+    return dict(getattr(job, "metadata", None) or {})
+
+
+def _order(job: Any) -> tuple[int, str]:
+    return (int(getattr(job, "start_time", None) or 0), str(getattr(job, "submission_id", "") or ""))
+
+
+def others_holding(jobs: list[Any], job_id: str, key: str, value: str) -> list[Any]:
+    """The jobs other than ``job_id`` that are PENDING or RUNNING with ``metadata[key] == value``,
+    oldest first."""
+    holding = [
+        job
+        for job in jobs
+        if getattr(job, "submission_id", None) != job_id
+        and _status(job) not in _TERMINAL
+        and _metadata_of(job).get(key) == value
+    ]
+    return sorted(holding, key=_order)
+
+
+def held_sentence(holder: Any, key: str, value: str) -> str:
+    meta = _metadata_of(holder)
+    run = meta.get("run_id") or holder.submission_id
+    return (
+        f"Training run {run} (Ray job {holder.submission_id}, {_status(holder)}) is already running for "
+        f"{key} {value}: wait for it to end, stop it (ray_job state=stopped), or pass -e train_queue=true "
+        "to queue behind it."
+    )
+
+
+def largest_node_cpus(address: str) -> int:
+    """CPUs of the largest alive node, from Ray's state API on the dashboard (token auth applies)."""
+    from ray.util.state import list_nodes
+
+    nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+    return int(max((float((n.resources_total or {}).get("CPU", 0)) for n in nodes), default=0))
 
 
 API_ARGS = {
@@ -230,6 +346,11 @@ API_ARGS = {
     # handled by the action plugin on the controller; accepted here so that both share one spec
     "follow": {"type": "bool", "default": False},
     "timeout_s": {"type": "int"},
+    "exclusive_key": {"type": "str"},
+    "queue": {"type": "bool", "default": False},
+    "queue_timeout_s": {"type": "int", "default": 3600},
+    "min_node_cpus": {"type": "int", "default": 0},
+    "min_node_cpus_name": {"type": "str", "default": "min_node_cpus"},
 }
 
 
@@ -265,11 +386,44 @@ def main() -> None:
     def info() -> Any:
         try:
             return client.get_job_info(job_id)
-        except RuntimeError:  # the SDK's "job does not exist"
-            return None
+        except RuntimeError as err:  # the SDK's "job does not exist" (HTTP 404), or another refusal
+            if "does not exist" in str(err) or "404" in str(err):
+                return None
+            module.fail_json(
+                msg=f"The Ray Jobs API at {p['address']} refused a status call ({_one_line(err)})."
+            )
+        except Exception as err:  # the head went away between calls (restarting): one sentence
+            module.fail_json(
+                msg=f"Cannot reach the Ray Jobs API at {p['address']} ({_one_line(err)}): the head may be "
+                "restarting; the job's state is unknown."
+            )
 
     changed = False
     current = info()
+    key = p["exclusive_key"]
+    value = str(p["metadata"].get(key, "")) if key else ""
+    if key and not value:
+        module.fail_json(
+            msg=f"exclusive_key {key!r} is not a key of metadata: add it or leave exclusive_key out."
+        )
+    if p["state"] == "present" and current is None and p["min_node_cpus"] > 0:
+        try:
+            largest = largest_node_cpus(p["address"])
+        except Exception as err:
+            module.fail_json(msg=f"Cannot list the Ray cluster's nodes at {p['address']} ({_one_line(err)}).")
+        if p["min_node_cpus"] > largest:
+            module.fail_json(
+                msg=f"{p['min_node_cpus_name']} is {p['min_node_cpus']}, more than any node of the cluster "
+                f"offers: the largest offers {largest} CPU(s) to Ray, so pass at most {largest} "
+                "(nothing was submitted)."
+            )
+    if p["state"] == "present" and current is None and key:
+        deadline = time.monotonic() + p["queue_timeout_s"]
+        while holders := others_holding(client.list_jobs(), job_id, key, value):
+            if not p["queue"] or time.monotonic() >= deadline:
+                waited = f" (waited {p['queue_timeout_s']} s in the queue)" if p["queue"] else ""
+                module.fail_json(msg=held_sentence(holders[0], key, value) + waited, status="REFUSED")
+            time.sleep(5)
     if p["state"] == "present" and current is None:
         changed = True
         if module.check_mode:
@@ -279,13 +433,34 @@ def main() -> None:
                 "PENDING",
                 f"check mode: job {job_id} would be submitted (nothing was submitted)",
             )
-        client.submit_job(
-            entrypoint=p["entrypoint"],
-            submission_id=job_id,
-            runtime_env=p["runtime_env"] or None,
-            metadata={k: str(v) for k, v in p["metadata"].items()},
-        )
+        submit_deadline = time.monotonic() + SUBMIT_RETRY_S
+        while True:
+            try:
+                client.submit_job(
+                    entrypoint=p["entrypoint"],
+                    submission_id=job_id,
+                    runtime_env=p["runtime_env"] or None,
+                    metadata={k: str(v) for k, v in p["metadata"].items()},
+                )
+                break
+            except Exception as err:  # a head just (re)started has no job agent for some seconds
+                if "No available agent" in str(err) and time.monotonic() < submit_deadline:
+                    time.sleep(2)
+                    continue
+                module.fail_json(
+                    msg=f"The Ray Jobs API at {p['address']} did not take job {job_id} ({_one_line(err)})."
+                )
         current = info()
+        if key:  # a race: both submitted after seeing none; the older one runs, this one stops
+            mine = next((j for j in client.list_jobs() if j.submission_id == job_id), None)
+            older = [
+                j
+                for j in others_holding(client.list_jobs(), job_id, key, value)
+                if mine is None or _order(j) < _order(mine)
+            ]
+            if older:
+                client.stop_job(job_id)
+                module.fail_json(msg=held_sentence(older[0], key, value), status="REFUSED")
     elif p["state"] == "stopped" and current is not None and _status(current) not in _TERMINAL:
         changed = True
         if module.check_mode:
@@ -305,6 +480,8 @@ def main() -> None:
                 "PENDING",
                 f"check mode: no Ray job {job_id} on {p['address']} (a real run submits it first)",
             )
+        if p["state"] == "status" and p["log_offset"] > 0:  # it was followed, so it existed: lost
+            _exit_lost(module, job_id, [], p["log_offset"], "the Jobs API no longer knows it")
         module.fail_json(msg=f"No Ray job with submission id {job_id!r} on {p['address']}.")
     status = _status(current)
     logs = client.get_job_logs(job_id)
@@ -314,17 +491,26 @@ def main() -> None:
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         current = info()
         if current is None:
-            module.fail_json(msg=f"The Ray job {job_id!r} disappeared from {p['address']} while followed.")
+            _exit_lost(module, job_id, lines, offset, "it disappeared from the Jobs API while followed")
         status_now = _status(current)
         logs = client.get_job_logs(job_id)
         lines, offset = new_lines(logs, p["log_offset"], status_now in _TERMINAL)
         if status_now != status:
             status = status_now
             break
-    result: dict[str, object] = {"changed": changed, "status": status, "finished": status in _TERMINAL}
+    lost = driver_lost(status, current)
+    result: dict[str, object] = {
+        "changed": changed,
+        "status": status,
+        "finished": status in _TERMINAL,
+        "lost": lost,
+    }
     result.update(summarize_logs(logs, p["log_tail"]))
     result.update(log_lines=lines, log_offset=offset)
-    if status == "FAILED" and "error" not in result:
+    if lost and "metrics" not in result:
+        said = (str(current.message or "").strip().splitlines() or ["no message"])[0]
+        result["error"] = lost_sentence(job_id, f"Ray: {said}")
+    elif status == "FAILED" and "error" not in result:
         result["error"] = current.message or "the job failed without a message; see logs_tail"
     module.exit_json(**result)
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -241,6 +243,15 @@ class LocalCloud:
         state.save()
         readiness.wait_ready(self.spec, m, state.launcher_pids[m.name])
         self.log(f"{m.name} is running again")
+
+    def pause_s3(self, paused: bool = True) -> None:
+        """Freeze (SIGSTOP) or thaw (SIGCONT) the S3 endpoint: an outage that keeps its objects (moto holds
+        them in memory, so a stopped server would lose them). Connections hang while it is frozen."""
+        state = self._require_state()
+        if state.s3_pid is None or not system.pid_alive(state.s3_pid):
+            raise LocalCloudError(f"cloud '{self.spec.name}' has no running S3 endpoint to pause")
+        os.kill(state.s3_pid, signal.SIGSTOP if paused else signal.SIGCONT)
+        self.log(f"S3 endpoint {'paused' if paused else 'resumed'}")
 
     def _require_state(self) -> CloudState:
         state = self._state()

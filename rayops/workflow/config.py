@@ -181,6 +181,9 @@ class WorkflowConfig:
     test_fraction: float = 0.2
     split_seed: int = 42
     report_every: int = 100
+    checkpoint_every: int = 50  # a Ray Train report with a checkpoint every N rounds (worker group only)
+    max_failures: int = 3  # worker group restarts (from the last checkpoint) after a lost worker
+    placement_timeout_s: float = 180.0  # a worker group not placed by then fails the run with a sentence
     git_sha: str | None = None
     fetch_timeout_s: float = 120.0
     tracking_uri: str | None = None  # MLflow tracking server (train.yml: the head's); None: not tracked
@@ -218,6 +221,9 @@ class WorkflowConfig:
         _check_float("--test-fraction", self.test_fraction, 0.0, 0.9, low_open=True)
         _check_int("--split-seed", self.split_seed, 0, 2**31 - 1)
         _check_int("--report-every", self.report_every, 1, 100_000)
+        _check_int("--checkpoint-every", self.checkpoint_every, 0, 100_000)
+        _check_int("--max-failures", self.max_failures, 0, 100)
+        _check_float("--placement-timeout-s", self.placement_timeout_s, 10.0, 86_400.0)
         if self.git_sha is not None and not re.fullmatch(r"[0-9a-fA-F]{7,40}", self.git_sha):
             raise ConfigError(f"--git-sha {self.git_sha!r} is not a git commit id: pass 7-40 hex digits")
 
@@ -295,7 +301,26 @@ OPTIONS = (
         "report_every",
         WorkflowConfig,
         "int",
-        "rounds between progress lines (Ray Train gets one report, with the models, at the end)",
+        "rounds between progress lines",
+    ),
+    Option(
+        "checkpoint_every",
+        WorkflowConfig,
+        "int",
+        "rounds between Ray Train checkpoints of a worker group (0: only the final one); a restarted "
+        "worker group resumes from the last",
+    ),
+    Option(
+        "max_failures",
+        WorkflowConfig,
+        "int",
+        "times Ray Train restarts a worker group that lost a worker, from the last checkpoint",
+    ),
+    Option(
+        "placement_timeout_s",
+        WorkflowConfig,
+        "float",
+        "seconds a worker group may wait to be placed before the run fails (a node gone, CPUs taken)",
     ),
 )
 

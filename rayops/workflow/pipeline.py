@@ -87,6 +87,7 @@ class Trained:
     xgboost: dict[str, xgboost.Booster]  # protocol -> booster
     baseline: dict[str, Pipeline]
     plan: training.WorkerPlan
+    resumed_from: dict[str, int]  # job -> the round a restarted worker group resumed it from
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,9 @@ def train_stage(
         storage_path=layout.ray_train_storage,
         storage_filesystem=store.filesystem(layout.buckets.models),
         before_cluster=cluster,
+        checkpoint_every=config.checkpoint_every,
+        max_failures=config.max_failures,
+        placement_timeout_s=config.placement_timeout_s,
     )
     baseline = {
         "holdout": training.fit_baseline(train_h, names),
@@ -306,7 +310,7 @@ def train_stage(
     for job, seconds in fitted.boosting_seconds.items():
         timings[f"boosting_{job}"] = round(seconds, 3)
     splits = artifacts.Splits(train_h, test_h, train_s, test_s)
-    return Trained(splits, fitted.boosters, baseline, fitted.plan)
+    return Trained(splits, fitted.boosters, baseline, fitted.plan, fitted.resumed_from)
 
 
 # 4. evaluate: both models on both protocols, the promotion decision -----------------------------
@@ -393,6 +397,7 @@ def artifacts_stage(
         timings=timings,
     )
     metrics["promotion"]["live"] = evaluation.live
+    metrics["resumed_from_round"] = trained.resumed_from  # empty: no restart (see training.py)
     metadata = artifacts.model_metadata(metrics, ingested, feats.manifest, feats.manifest_put)
     # The training rows' bins (inputs and predictions): serving compares live use with them (drift scores).
     train_h = trained.splits.train_h

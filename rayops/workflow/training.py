@@ -15,22 +15,34 @@ Determinism: fixed booster seed, ``hist`` trees, a fixed thread count, and (dist
 rows on the same worker every run (Ray Data's split with ``preserve_order`` and no locality hints,
 input blocks built in time order).
 
-Reporting: every ``ray.train.report`` waits for the controller's poll (2 s by default), so workers
-report once, at the end, with the checkpoint that carries the models; rank 0 prints a progress line
-every ``report_every`` rounds without reporting; the controller polls every
-``HEALTH_CHECK_INTERVAL_S`` so the final report does not wait 2 s. Both protocols' boosters are
-trained in one Ray Train run: the worker group starts once.
+Reporting and fault tolerance: every ``ray.train.report`` waits for the controller's poll (2 s by
+default; ``HEALTH_CHECK_INTERVAL_S`` here), so workers report every ``checkpoint_every`` rounds, each
+time with a checkpoint (rank 0: every job's booster so far and where it stands) in the run's storage
+(``storage_path``, the models bucket), and once at the end. A worker lost mid-run (a raylet killed, a
+machine stopped) fails the attempt; Ray Train restarts the worker group up to ``max_failures`` times
+(``FailureConfig``), and the new workers continue from the latest checkpoint (``ray.train.get_checkpoint``
+-> ``xgboost.train(xgb_model=...)``). A driver resubmitted with the same run id (same run name and
+storage) resumes the same way: Ray Train V2 restores a run from its (storage_path, name).
+What resuming changes: an undisturbed run is deterministic as before; a resumed one boosts the rounds
+after the checkpoint with XGBoost's row and column samplers restarted from ``seed``, so its trees from
+there differ from an undisturbed run's (same data, same parameters: the metrics differ by noise, not
+by quality). The metrics record the round each job resumed from.
+A worker group that cannot be placed (a node gone, CPUs held by another job) fails after
+``placement_timeout_s`` (Ray Train's worker group start timeout, not retried) with one sentence naming
+what was asked and what the alive nodes offer. rank 0 prints a progress line every ``report_every``
+rounds. Both protocols' boosters are trained in one Ray Train run: the worker group starts once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +66,10 @@ LOCAL_MAX_VALUES = 50_000_000
 #: The Ray Train controller's poll interval we set (its default, 2 s, delays every report).
 HEALTH_CHECK_INTERVAL_S = "0.1"
 _HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+#: Ray Train V2's bound on starting (placing) a worker group; we set it from ``placement_timeout_s``.
+_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+#: The checkpoint's record of where each job stands (the boosters sit beside it as ``<job>.ubj``).
+_STATE_FILE = "rayops_state.json"
 
 
 # --------------------------------------------------------------------------- worker placement
@@ -214,15 +230,27 @@ def cluster_physical_cores() -> int:
 
 
 class _ProgressEveryN(xgboost.callback.TrainingCallback):
-    """Prints the last round's eval metrics every ``every`` rounds, on rank 0 only. It does not
-    report to Ray Train: each report waits for the controller; the one report is at the end."""
+    """Prints the last round's eval metrics every ``every`` rounds, on rank 0 only, and calls
+    ``checkpoint(job, round, booster)`` every ``checkpoint_every`` rounds before the last (on every
+    worker: a Ray Train report is collective). Rounds count from ``start`` (a resumed booster's)."""
 
-    def __init__(self, job: str, every: int, total: int, rank0: bool) -> None:
+    def __init__(
+        self,
+        job: str,
+        every: int,
+        total: int,
+        rank0: bool,
+        *,
+        start: int = 0,
+        checkpoint_every: int = 0,
+        checkpoint: Callable[[str, int, xgboost.Booster], None] | None = None,
+    ) -> None:
         super().__init__()
         self._job, self._every, self._total, self._rank0 = job, every, total, rank0
+        self._start, self._checkpoint_every, self._checkpoint = start, checkpoint_every, checkpoint
 
     def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-        done = epoch + 1
+        done = self._start + epoch + 1
         if self._rank0 and done % self._every == 0 and done < self._total:
             shown = " ".join(
                 f"{self._job}/{data}-{metric}={float(values[-1]):.1f}"
@@ -232,54 +260,136 @@ class _ProgressEveryN(xgboost.callback.TrainingCallback):
             # sys.stdout, not print(): Ray Train patches print() into a logger that echoes twice.
             sys.stdout.write(f"[rayops] train: round {done}/{self._total} {shown}\n")
             sys.stdout.flush()
+        if (
+            self._checkpoint is not None
+            and self._checkpoint_every
+            and done % self._checkpoint_every == 0
+            and done < self._total
+        ):
+            self._checkpoint(self._job, done, model)
         return False
 
 
 def boost_jobs(
-    config: dict[str, Any], rows_of: Callable[[str], pd.DataFrame], rank0: bool
+    config: dict[str, Any],
+    rows_of: Callable[[str], pd.DataFrame],
+    rank0: bool,
+    *,
+    resume: dict[str, tuple[int, xgboost.Booster]] | None = None,
+    checkpoint: Callable[[str, int, dict[str, xgboost.Booster]], None] | None = None,
 ) -> tuple[dict[str, xgboost.Booster], dict[str, float]]:
     """For each job: its rows -> DMatrix -> ``xgboost.train`` (across the worker group when called
     on Ray Train workers, else in this process). Returns the boosters and the seconds spent inside
-    ``xgboost.train`` per job. The one code path of both execution modes."""
+    ``xgboost.train`` per job. The one code path of both execution modes.
+
+    ``resume`` maps a job to (rounds done, booster) from a checkpoint: a finished job is not boosted
+    again, an unfinished one continues (``xgb_model``). ``checkpoint(job, round, boosters)`` is called
+    every ``config["checkpoint_every"]`` rounds with every job's booster so far."""
     features: list[str] = config["features"]
     total: int = config["num_boost_round"]
-    boosters = {}
+    resume = resume or {}
+    boosters: dict[str, xgboost.Booster] = {}
     boosting: dict[str, float] = {}
     for job in config["jobs"]:
+        start, previous = resume.get(job, (0, None))
+        if previous is not None and start >= total:
+            boosters[job] = previous
+            continue
         shard = rows_of(job)
         dtrain = xgboost.DMatrix(
             shard[features], label=shard[TARGET], feature_names=features, nthread=config["params"]["nthread"]
         )
+
+        def save(name: str, done: int, booster: xgboost.Booster) -> None:
+            if checkpoint is not None:
+                checkpoint(name, done, {**boosters, name: booster})
+
         started = time.perf_counter()
         boosters[job] = xgboost.train(
             config["params"],
             dtrain,
-            num_boost_round=total,
+            num_boost_round=total - start,
             evals=[(dtrain, "train")],
             verbose_eval=False,
-            callbacks=[_ProgressEveryN(job, config["report_every"], total, rank0)],
+            xgb_model=previous,
+            callbacks=[
+                _ProgressEveryN(
+                    job,
+                    config["report_every"],
+                    total,
+                    rank0,
+                    start=start,
+                    checkpoint_every=int(config.get("checkpoint_every") or 0),
+                    checkpoint=save,
+                )
+            ],
         )
         boosting[job] = time.perf_counter() - started
     return boosters, boosting
 
 
+def save_checkpoint(directory: Path, rounds: dict[str, int], boosters: dict[str, xgboost.Booster]) -> None:
+    """Write every job's booster and the rounds each has done into ``directory``."""
+    for job, booster in boosters.items():
+        booster.save_model(str(directory / f"{job}.ubj"))
+    (directory / _STATE_FILE).write_text(json.dumps({"rounds": rounds}), encoding="utf-8")
+
+
+def load_checkpoint(directory: Path) -> dict[str, tuple[int, xgboost.Booster]]:
+    """The (rounds done, booster) of each job in a checkpoint folder ``save_checkpoint`` wrote."""
+    state = json.loads((directory / _STATE_FILE).read_text(encoding="utf-8"))
+    found: dict[str, tuple[int, xgboost.Booster]] = {}
+    for job, done in state["rounds"].items():
+        booster = xgboost.Booster()
+        booster.load_model(str(directory / f"{job}.ubj"))
+        found[job] = (int(done), booster)
+    return found
+
+
 def train_fn_per_worker(config: dict[str, Any]) -> None:
-    """Runs on each Ray Train worker: ``boost_jobs`` on the worker's shards, then one final report
-    whose checkpoint (rank 0) holds every job's model and whose metrics carry the boosting seconds."""
+    """Runs on each Ray Train worker: ``boost_jobs`` on the worker's shards, resumed from Ray Train's
+    latest checkpoint if this is a restart, a report with a checkpoint every ``checkpoint_every`` rounds,
+    then one final report whose checkpoint (rank 0) holds every job's model and whose metrics carry the
+    boosting seconds and the round each job resumed from."""
     import ray.train
 
     rank0 = ray.train.get_context().get_world_rank() == 0
-    boosters, boosting = boost_jobs(
-        config, lambda job: ray.train.get_dataset_shard(f"train_{job}").materialize().to_pandas(), rank0
-    )
-    final = {"round": config["num_boost_round"], **{f"boosting_s/{job}": s for job, s in boosting.items()}}
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
+    resume: dict[str, tuple[int, xgboost.Booster]] = {}
+    latest = ray.train.get_checkpoint()
+    if latest is not None:
+        with latest.as_directory() as directory:
+            resume = load_checkpoint(Path(directory))
         if rank0:
-            for job, booster in boosters.items():
-                booster.save_model(str(Path(tmp, f"{job}.ubj")))
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(final, checkpoint=checkpoint)
+            where = ", ".join(f"{job} at round {done}" for job, (done, _) in sorted(resume.items()))
+            sys.stdout.write(f"[rayops] train: resuming from the last checkpoint ({where})\n")
+            sys.stdout.flush()
+    total = config["num_boost_round"]
+
+    def report(rounds: dict[str, int], boosters: dict[str, xgboost.Booster], metrics: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank0:
+                save_checkpoint(Path(tmp), rounds, boosters)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    def periodic(job: str, done: int, boosters: dict[str, xgboost.Booster]) -> None:
+        rounds = {name: (done if name == job else total) for name in boosters}
+        report(rounds, boosters, {"round": done, "job": job})
+
+    boosters, boosting = boost_jobs(
+        config,
+        lambda job: ray.train.get_dataset_shard(f"train_{job}").materialize().to_pandas(),
+        rank0,
+        resume=resume,
+        checkpoint=periodic,
+    )
+    final = {
+        "round": total,
+        **{f"boosting_s/{job}": s for job, s in boosting.items()},
+        **{f"resumed_from/{job}": done for job, (done, _) in resume.items()},
+    }
+    report({job: total for job in boosters}, boosters, final)
 
 
 def _blocks(frame: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
@@ -292,8 +402,9 @@ def _blocks(frame: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
 class TrainOutcome:
     boosters: dict[str, xgboost.Booster]
     seconds: float  # the whole trainer.fit(): worker group start, data, boosting, checkpoint
-    boosting_seconds: dict[str, float]  # inside xgboost.train, per job (rank 0)
+    boosting_seconds: dict[str, float]  # inside xgboost.train, per job (rank 0), in the last attempt
     plan: WorkerPlan
+    resumed_from: dict[str, int] = field(default_factory=dict)  # job -> round it resumed from (a restart)
 
 
 def fit_xgboost(
@@ -308,11 +419,16 @@ def fit_xgboost(
     storage_path: str,
     storage_filesystem: Any = None,
     before_cluster: Callable[[], None] | None = None,
+    checkpoint_every: int = 0,
+    max_failures: int = 0,
+    placement_timeout_s: float = 180.0,
 ) -> TrainOutcome:
     """Train one booster per entry of ``jobs`` (name -> training rows) in ONE Ray Train run with
     XGBoostTrainer and one worker group started once, or in this process (see the module docstring).
     ``num_workers``: None (auto), 0 (one process) or N (a worker group of N). ``before_cluster``
-    (e.g. connecting to Ray) is called only for a worker group: one process needs no cluster."""
+    (e.g. connecting to Ray) is called only for a worker group: one process needs no cluster.
+    ``checkpoint_every`` (0: only the final report), ``max_failures`` and ``placement_timeout_s``:
+    see the module docstring (they matter for a worker group only)."""
     rows = max((len(frame) for frame in jobs.values()), default=0)
     plan = choose_execution(num_workers, rows, len(features), cpus_per_worker, physical_cores())
     if plan is None:
@@ -327,6 +443,7 @@ def fit_xgboost(
         "params": params.booster_params(nthread=plan.nthread),
         "num_boost_round": params.num_boost_round,
         "report_every": report_every,
+        "checkpoint_every": checkpoint_every,
     }
     started = time.perf_counter()
     if plan.num_workers == 0:
@@ -343,6 +460,7 @@ def fit_xgboost(
     import ray.data
     import ray.train
     from ray.data import ExecutionOptions
+    from ray.train.v2.api.config import FailureConfig  # what ray.train.FailureConfig is under Train V2
     from ray.train.xgboost import XGBoostTrainer
 
     datasets: dict[str, Any] = {
@@ -351,6 +469,7 @@ def fit_xgboost(
     }
     # The controller reads it from the driver's environment (Ray Train propagates it).
     os.environ.setdefault(_HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)
+    os.environ[_START_TIMEOUT_ENV] = f"{placement_timeout_s:g}"
     trainer = XGBoostTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,
@@ -364,6 +483,9 @@ def fit_xgboost(
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            # A lost worker restarts the group from the latest checkpoint; a group that cannot be placed
+            # within placement_timeout_s is not retried (Ray Train's own default retries it forever).
+            failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=0),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(
@@ -374,6 +496,10 @@ def fit_xgboost(
     try:
         result = trainer.fit()
     except Exception as err:  # TrainingFailedError wraps the worker's own exception
+        if _is_start_timeout(err):
+            raise WorkflowError(
+                unplaceable_sentence(name, plan, placement_timeout_s, _alive_nodes())
+            ) from err
         cause = err.__cause__ or err
         text = str(cause).strip()
         raise WorkflowError(
@@ -383,15 +509,78 @@ def fit_xgboost(
     seconds = time.perf_counter() - started
     if result.checkpoint is None:
         raise WorkflowError(f"XGBoost training ({name}) ended without a checkpoint: see the Ray job logs")
-    boosters = {}
     with result.checkpoint.as_directory() as directory:
-        for job in jobs:
-            booster = xgboost.Booster()
-            booster.load_model(str(Path(directory, f"{job}.ubj")))
-            boosters[job] = booster
+        found = load_checkpoint(Path(directory))
+    missing = sorted(set(jobs) - set(found))
+    if missing:
+        raise WorkflowError(
+            f"XGBoost training ({name}) ended without the model(s) of {', '.join(missing)}: "
+            "see the Ray job logs"
+        )
+    boosters = {job: found[job][1] for job in jobs}
     final = result.metrics or {}
     boosting = {job: float(final[f"boosting_s/{job}"]) for job in jobs if f"boosting_s/{job}" in final}
-    return TrainOutcome(boosters=boosters, seconds=seconds, boosting_seconds=boosting, plan=plan)
+    resumed = {job: int(final[f"resumed_from/{job}"]) for job in jobs if f"resumed_from/{job}" in final}
+    if resumed:
+        log.info(
+            "train: resumed from a checkpoint (%s)",
+            ", ".join(f"{j} at round {r}" for j, r in resumed.items()),
+        )
+    return TrainOutcome(boosters, seconds, boosting, plan, resumed)
+
+
+def _is_start_timeout(err: BaseException) -> bool:
+    """Whether Ray Train gave up starting the worker group (its WorkerGroupStartupTimeoutError, carried
+    as a ControllerError's ``controller_failure`` or in the exception chain)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if type(current).__name__ == "WorkerGroupStartupTimeoutError":
+            return True
+        todo += [current.__cause__, current.__context__, getattr(current, "controller_failure", None)]
+    return False
+
+
+def _alive_nodes() -> list[tuple[float, float]]:
+    """(CPUs, free CPUs) of each alive node, as the GCS sees them now (empty if it cannot say)."""
+    try:
+        from ray._private import state
+
+        total = state.total_resources_per_node()  # type: ignore[no-untyped-call]  # Ray's own, untyped
+        free = state.available_resources_per_node()  # type: ignore[no-untyped-call]  # Ray's own, untyped
+        return [(float(r.get("CPU", 0.0)), float(free.get(n, {}).get("CPU", 0.0))) for n, r in total.items()]
+    except Exception:  # the sentence is built without the figures then
+        return []
+
+
+def unplaceable_sentence(
+    name: str, plan: WorkerPlan, timeout_s: float, nodes: list[tuple[float, float]]
+) -> str:
+    """The one sentence of a worker group Ray could not place within the bound."""
+    need = plan.nthread
+    where = (
+        "each on a different node (STRICT_SPREAD)"
+        if plan.placement_strategy == "STRICT_SPREAD"
+        else "(SPREAD)"
+    )
+    if nodes:
+        fitting = sum(1 for _, free in nodes if free >= need)
+        have = (
+            f"the cluster has {len(nodes)} alive node(s) with "
+            f"{', '.join(f'{free:g} of {cpus:g}' for cpus, free in nodes)} CPU(s) free, "
+            f"{fitting} of them with {need} free"
+        )
+    else:
+        have = "the cluster's nodes could not be read"
+    return (
+        f"XGBoost training ({name}) could not place {plan.num_workers} worker(s) of {need} CPU {where} "
+        f"within {timeout_s:g} s (placement_timeout_s): {have}; start the missing node(s), wait for the "
+        "other job holding the CPUs, or pass fewer num_workers"
+    )
 
 
 # ----------------------------------------------------------------------------------- baseline

@@ -100,15 +100,44 @@ class FakeJobs:
             raise self.unreachable
         return self
 
-    def add(self, job_id: str, status: str, *logs: str, message: str = "") -> None:
+    def add(
+        self,
+        job_id: str,
+        status: str,
+        *logs: str,
+        message: str = "",
+        error_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+        start_time: int = 0,
+    ) -> None:
         """A job whose successive get_job_logs calls return ``logs`` (the last one stays)."""
-        self.jobs[job_id] = {"status": status, "logs": list(logs) or [""], "message": message}
+        self.jobs[job_id] = {
+            "status": status,
+            "logs": list(logs) or [""],
+            "message": message,
+            "error_type": error_type,
+            "metadata": metadata or {},
+            "start_time": start_time or len(self.jobs) + 1,
+        }
+
+    def _details(self, job_id: str) -> Any:
+        job = self.jobs[job_id]
+        return SimpleNamespace(
+            submission_id=job_id,
+            status=JobStatus(job["status"]),
+            message=job["message"],
+            error_type=job["error_type"],
+            metadata=job["metadata"],
+            start_time=job["start_time"],
+        )
 
     def get_job_info(self, job_id: str) -> Any:
         if job_id not in self.jobs:
             raise RuntimeError(f"Request failed with status code 404: Job {job_id} does not exist.")
-        job = self.jobs[job_id]
-        return SimpleNamespace(status=JobStatus(job["status"]), message=job["message"])
+        return self._details(job_id)
+
+    def list_jobs(self) -> list[Any]:
+        return [self._details(job_id) for job_id in self.jobs]
 
     def get_job_logs(self, job_id: str) -> str:
         logs: list[str] = self.jobs[job_id]["logs"]
@@ -116,7 +145,7 @@ class FakeJobs:
 
     def submit_job(self, **kwargs: Any) -> str:
         self.submitted.append(kwargs)
-        self.add(kwargs["submission_id"], "PENDING")
+        self.add(kwargs["submission_id"], "PENDING", metadata=kwargs.get("metadata"))
         return str(kwargs["submission_id"])
 
     def stop_job(self, job_id: str) -> bool:
@@ -279,3 +308,128 @@ def test_main_loads_the_env_file_before_connecting(
     code, out = run_main(capsys, tmp_path, submission_id="j", env_file=str(env))
     assert code == 0 and os.environ["RAYOPS_TEST_AUTH"] == "token"
     assert "token" not in json.dumps({k: v for k, v in out.items() if k != "invocation"})
+
+
+# ---------------------------------------------------------------- issue 16: lost jobs, one run per zone
+
+
+def test_a_followed_job_the_jobs_api_forgot_is_lost_in_one_sentence(
+    jobs: FakeJobs, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A head restart without the job (a new cluster): the follow's status call finds no such job."""
+    code, out = run_main(capsys, tmp_path, submission_id="rayops-train-r1", log_offset=12)
+    assert (code, out["status"], out["finished"], out["lost"]) == (0, "LOST", True, True)
+    assert out["error"] == (
+        "The Ray job rayops-train-r1 was lost with the Ray head (the Jobs API no longer knows it): the run "
+        "did not finish and promoted nothing; train again with a new train_run_id."
+    )
+
+
+@pytest.mark.parametrize(
+    ("error_type", "message", "lost"),
+    [
+        ("JOB_SUPERVISOR_ACTOR_DIED", "Job supervisor actor died: The actor died unexpectedly", True),
+        (None, "Job supervisor actor died: ActorDiedError", True),
+        ("JOB_ENTRYPOINT_COMMAND_ERROR", "Job entrypoint command failed with exit code 1", False),
+    ],
+)
+def test_a_job_failed_with_its_supervisor_is_lost_not_its_own_error(
+    jobs: FakeJobs,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    error_type: str | None,
+    message: str,
+    lost: bool,
+) -> None:
+    jobs.add("j", "FAILED", "[rayops] train: round 10/400\n", message=message, error_type=error_type)
+    code, out = run_main(capsys, tmp_path, submission_id="j")
+    assert (code, out["status"], out["lost"]) == (0, "FAILED", lost)
+    if lost:
+        assert out["error"].startswith(
+            "The Ray job j was lost with the Ray head (Ray: Job supervisor actor died"
+        )
+    else:
+        assert out["error"] == message
+
+
+def _present(run: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "submission_id": f"rayops-train-{run}",
+        "state": "present",
+        "entrypoint": "python -m x",
+        "metadata": {"run_id": run, "target": "zone1"},
+        "exclusive_key": "target",
+        **extra,
+    }
+
+
+def test_a_second_run_for_a_zone_is_refused_with_the_running_runs_id(
+    jobs: FakeJobs, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    jobs.add("rayops-train-a", "RUNNING", metadata={"run_id": "a", "target": "zone1"})
+    jobs.add("rayops-train-z2", "RUNNING", metadata={"run_id": "z2", "target": "zone2"})  # another zone
+    jobs.add("rayops-train-old", "FAILED", metadata={"run_id": "old", "target": "zone1"})  # ended
+    code, out = run_main(capsys, tmp_path, **_present("b"))
+    assert (code, out["status"]) == (1, "REFUSED")
+    assert out["msg"] == (
+        "Training run a (Ray job rayops-train-a, RUNNING) is already running for target zone1: wait for it "
+        "to end, stop it (ray_job state=stopped), or pass -e train_queue=true to queue behind it."
+    )
+    assert not jobs.submitted
+    # zone 3 is free: submitted
+    code, out = run_main(
+        capsys, tmp_path, **{**_present("c"), "metadata": {"run_id": "c", "target": "zone3"}}
+    )
+    assert (code, out["changed"]) == (0, True)
+
+
+def test_a_queued_run_waits_for_the_running_one(
+    jobs: FakeJobs, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs.add("rayops-train-a", "RUNNING", metadata={"run_id": "a", "target": "zone1"})
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the running job ends after the second poll
+        polls.append(seconds)
+        if len(polls) == 2:
+            jobs.jobs["rayops-train-a"]["status"] = "SUCCEEDED"
+
+    monkeypatch.setattr(ray_job.time, "sleep", sleep)
+    code, out = run_main(capsys, tmp_path, **_present("b", queue=True))
+    assert (code, out["changed"], len(polls)) == (0, True, 2)
+    assert [s["submission_id"] for s in jobs.submitted] == ["rayops-train-b"]
+
+
+def test_two_runs_that_race_end_with_the_older_running(
+    jobs: FakeJobs, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both listed the jobs before either submitted: once submitted, the later one sees the older, stops."""
+    original = jobs.submit_job
+
+    def submit_while_another_does(**kwargs: Any) -> str:
+        jobs.add("rayops-train-a", "PENDING", metadata={"run_id": "a", "target": "zone1"}, start_time=1)
+        answer = original(**kwargs)
+        jobs.jobs[kwargs["submission_id"]]["start_time"] = 2
+        return answer
+
+    monkeypatch.setattr(jobs, "submit_job", submit_while_another_does)
+    code, out = run_main(capsys, tmp_path, **_present("b"))
+    assert (code, out["status"]) == (1, "REFUSED")
+    assert out["msg"].startswith("Training run a (Ray job rayops-train-a, PENDING) is already running")
+    assert jobs.stopped == ["rayops-train-b"]
+
+
+def test_a_worker_size_no_node_has_is_refused_before_submission(
+    jobs: FakeJobs, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ray_job, "largest_node_cpus", lambda address: 2)
+    args = {**_present("b"), "min_node_cpus": 4, "min_node_cpus_name": "train_params.cpus_per_worker"}
+    code, out = run_main(capsys, tmp_path, **args)
+    assert code == 1
+    assert out["msg"] == (
+        "train_params.cpus_per_worker is 4, more than any node of the cluster offers: the largest offers 2 "
+        "CPU(s) to Ray, so pass at most 2 (nothing was submitted)."
+    )
+    assert not jobs.submitted
+    code, out = run_main(capsys, tmp_path, **{**args, "min_node_cpus": 2})
+    assert (code, out["changed"]) == (0, True)

@@ -6,10 +6,8 @@ empty lines skipped; the loop ends on a terminal status, on the timeout, or afte
 from __future__ import annotations
 
 import re
-from types import SimpleNamespace
 from typing import Any
 
-import pytest
 from plugin_files import load_plugin
 
 action = load_plugin("action", "ray_job")
@@ -108,54 +106,36 @@ def test_a_few_failed_calls_are_retried_then_the_failure_is_returned() -> None:
     assert sum("status call failed, retrying" in line for line in shown) == 1
     head = Head(*[down] * (action.STATUS_RETRIES + 1))
     final = action.follow(
-        head, answer("RUNNING", offset=0), {"submission_id": "j"}, timeout_s=None, show=shown.append
+        head,
+        answer("RUNNING", offset=0),
+        {"submission_id": "j"},
+        timeout_s=None,
+        show=shown.append,
+        sleep=lambda _s: None,
+        unreachable_s=0,
     )
     assert final == down
 
 
-def _plugin(args: dict[str, Any], check_mode: bool = False) -> Any:
-    task = SimpleNamespace(args=args, action="ray_job", async_val=0, check_mode=check_mode)
-    connection = SimpleNamespace(_shell=SimpleNamespace(tmpdir="/tmp/unused"))
-    return action.ActionModule(task, connection, None, None, None, None)
+def test_a_head_restart_is_waited_for_up_to_the_bound() -> None:
+    """Issue 16: a head down for a minute (Ray restarting) is not the job's end; past the bound it is."""
+    now = [0.0]
+    down = {"failed": True, "msg": "Cannot reach the Ray Jobs API at http://127.0.0.1:8265 (...)"}
 
+    def follow_with_a_fake_clock(head: Head) -> dict[str, Any]:
+        now[0] = 0.0
+        return action.follow(
+            head,
+            answer("RUNNING", offset=0),
+            {"submission_id": "j"},
+            timeout_s=None,
+            show=lambda _line: None,
+            clock=lambda: now[0],
+            sleep=lambda s: now.__setitem__(0, now[0] + s),
+        )
 
-def test_action_run_follows_and_returns_what_train_yml_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    head = Head(
-        answer("RUNNING", "[rayops] stage 1/5 ingest: started", offset=1, changed=False, progress="x"),
-        answer("SUCCEEDED", "RAYOPS_METRICS_JSON={}", offset=2, metrics={"run_id": "r"}, progress="p"),
-    )
-    shown: list[str] = []
-    monkeypatch.setattr(action.display, "display", shown.append)
-    plugin = _plugin({"submission_id": "j", "state": "status", "follow": True, "wait_s": 5})
-    plugin._execute_module = lambda module_name, module_args, task_vars: head(
-        {**module_args, "_name": module_name}
-    )
-    result = plugin.run(task_vars={})
-    assert {k: result[k] for k in ("status", "finished", "metrics", "progress", "changed")} == {
-        "status": "SUCCEEDED",
-        "finished": True,
-        "metrics": {"run_id": "r"},
-        "progress": "p",
-        "changed": False,
-    }
-    assert "log_lines" not in result and result["elapsed_s"] >= 0
-    assert [c["_name"] for c in head.calls] == ["ray_job", "ray_job"]
-    assert all("follow" not in c and "timeout_s" not in c for c in head.calls)  # the plugin's own options
-    assert any("[rayops] stage 1/5 ingest: started" in line for line in shown)
-
-
-def test_action_in_check_mode_or_without_follow_calls_the_module_once() -> None:
-    for args, check_mode in (({"submission_id": "j", "follow": True}, True), ({"submission_id": "j"}, False)):
-        head = Head(answer("PENDING", offset=0, msg="check mode: no Ray job j"))
-        plugin = _plugin(args, check_mode=check_mode)
-        plugin._execute_module = lambda module_name, module_args, task_vars, head=head: head(module_args)
-        result = plugin.run(task_vars={})
-        assert len(head.calls) == 1 and result["status"] == "PENDING"
-        if check_mode:
-            assert result["msg"] == "check mode: no Ray job j; check mode: the job is not followed"
-
-
-def test_action_rejects_a_non_positive_timeout() -> None:
-    plugin = _plugin({"submission_id": "j", "follow": True, "timeout_s": 0})
-    result = plugin.run(task_vars={})
-    assert result == {"failed": True, "msg": "timeout_s must be a positive number of seconds."}
+    calls_down = int(60 / action.RETRY_PAUSE_S)  # a minute of failed calls, one every RETRY_PAUSE_S
+    final = follow_with_a_fake_clock(Head(*[down] * calls_down, answer("SUCCEEDED", "done", offset=1)))
+    assert final["status"] == "SUCCEEDED"
+    assert follow_with_a_fake_clock(Head(*[down] * 1000)) == down
+    assert action.UNREACHABLE_S <= now[0] <= action.UNREACHABLE_S + 2 * action.RETRY_PAUSE_S

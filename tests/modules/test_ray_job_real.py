@@ -191,3 +191,43 @@ def test_stopped_stops_a_running_job(jobs_api: dict[str, str]) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "STOP=True END=STOPPED" in proc.stdout
+
+
+def test_one_job_per_zone_and_the_node_size_preflight_on_a_real_head(jobs_api: dict[str, str]) -> None:
+    """Issue 16: a second job for a zone is refused naming the running run; a worker larger than every
+    node (this head offers 1 CPU) is refused before submission, through Ray's state API with the token."""
+    first, second = f"real-z-{secrets.token_hex(3)}", f"real-z-{secrets.token_hex(3)}"
+
+    def submit(job: str, run: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "name": f"submit {job}",
+            "ray_job": {
+                "submission_id": job,
+                "state": "present",
+                "entrypoint": "sleep 300",
+                "metadata": {"run_id": run, "target": "zone1"},
+                "exclusive_key": "target",
+                **extra,
+            },
+            "ignore_errors": True,
+            "register": f"_{run}",
+        }
+
+    proc = play(
+        jobs_api,
+        [
+            submit(first, "one"),
+            submit(second, "two"),
+            submit(second, "big", min_node_cpus=2, min_node_cpus_name="train_params.cpus_per_worker"),
+            {"name": "stop", "ray_job": {"submission_id": first, "state": "stopped"}},
+            {"name": "result", "ansible.builtin.debug": {"msg": "TWO={{ _two.msg }} BIG={{ _big.msg }}"}},
+        ],
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    flat = " ".join(proc.stdout.split())
+    assert f"TWO=Training run one (Ray job {first}, " in flat, flat[-3000:]
+    assert "is already running for target zone1: wait for it to end" in flat, flat[-3000:]
+    assert (
+        "BIG=train_params.cpus_per_worker is 2, more than any node of the cluster offers: the largest offers "
+        "1 CPU(s) to Ray, so pass at most 1 (nothing was submitted)."
+    ) in flat, flat[-3000:]

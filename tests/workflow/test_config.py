@@ -160,9 +160,15 @@ def test_options_json_names_every_tunable_option_with_its_default() -> None:
     assert defaults["holdout_weeks"] == WorkflowConfig(buckets=Buckets(**GOOD)).holdout_weeks == 4
     assert defaults["num_workers"] is None and defaults["max_rmse"] is None
     # every name reaches the config through its CLI flag
-    given = {name: "0.5" if name == "test_fraction" else "1" for name in defaults}
+    given = {name: {"test_fraction": "0.5", "placement_timeout_s": "60"}.get(name, "1") for name in defaults}
     config = _parse(*[x for name, value in given.items() for x in (f"--{name.replace('_', '-')}", value)])
     assert (config.xgboost.max_depth, config.thresholds.max_mape, config.report_every) == (1, 1.0, 1)
+    assert (config.checkpoint_every, config.max_failures, config.placement_timeout_s) == (1, 1, 60.0)
+    assert (defaults["checkpoint_every"], defaults["max_failures"], defaults["placement_timeout_s"]) == (
+        50,
+        3,
+        180.0,
+    )
 
 
 def test_unknown_options_are_refused_in_one_sentence() -> None:
