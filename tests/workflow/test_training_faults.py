@@ -47,7 +47,10 @@ def _kill_a_worker_after_the_first_checkpoint(storage: Path, killed: list[int]) 
     deadline = time.monotonic() + 120
     seen: set[str] = set()
     while time.monotonic() < deadline and len(seen) < 2:
-        seen |= {path.name for path in storage.glob("**/checkpoint_*")}
+        # Whole checkpoints only: the folder holds its state file once written. A bare `checkpoint_*` also
+        # matched Ray Train's checkpoint_manager_snapshot.json, so on an idle CI host the kill once landed
+        # before any checkpoint was registered and the group restarted from round 0.
+        seen |= {path.parent.name for path in storage.glob(f"**/checkpoint_*/{training._STATE_FILE}")}
         time.sleep(0.02)
     for process in psutil.Process().children(recursive=True):
         try:
