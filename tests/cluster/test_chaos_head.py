@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from cluster_helpers import (
+    HEAD_RESTART_XFAIL,
     RAY_CLIENT,
     RayCluster,
     ServeApi,
@@ -75,14 +76,7 @@ def test_the_gcs_store_is_the_heads_own(ray_cluster: RayCluster) -> None:
     assert "PONG" not in other.stdout, "another local account reached the GCS store"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "issue 16: has not passed yet on the loaded 2-core host (gcsft, 00:40 UTC): a restarted "
-        "head's Jobs API or a worker's Serve proxy did not come back within the bound; see the "
-        "gcsft report"
-    ),
-)
+@HEAD_RESTART_XFAIL
 def test_killed_gcs_keeps_the_cluster_and_its_workers(
     ray_cluster: RayCluster, first_run: dict[str, Any], worker_api: ServeApi
 ) -> None:
@@ -105,14 +99,7 @@ def test_killed_gcs_keeps_the_cluster_and_its_workers(
     assert pointer_and_model(ray_cluster, first_run, worker_api) == (pointer, model)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "issue 16: has not passed yet on the loaded 2-core host (gcsft, 00:40 UTC): a restarted "
-        "head's Jobs API or a worker's Serve proxy did not come back within the bound; see the "
-        "gcsft report"
-    ),
-)
+@HEAD_RESTART_XFAIL
 def test_rebooted_head_machine_heals_without_ansible(
     ray_cluster: RayCluster, first_run: dict[str, Any], worker_api: ServeApi
 ) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from cluster_helpers import (
+    HEAD_RESTART_XFAIL,
     RayCluster,
     ServeApi,
     one_row,
@@ -29,14 +30,7 @@ from cluster_helpers import (
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "issue 16: has not passed yet on the loaded 2-core host (gcsft, 00:40 UTC): a restarted "
-        "head's Jobs API or a worker's Serve proxy did not come back within the bound; see the "
-        "gcsft report"
-    ),
-)
+@HEAD_RESTART_XFAIL
 def test_serve_answers_from_the_workers_while_the_head_restarts(
     ray_cluster: RayCluster, first_run: dict[str, Any], serve_api: ServeApi
 ) -> None:
