@@ -4,6 +4,7 @@ and a worker group that cannot be placed fails within the bound with one sentenc
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -38,19 +39,28 @@ def _fit(storage: Path, **faults: Any) -> training.TrainOutcome:
     )
 
 
+def _registered_checkpoint(storage: Path) -> bool:
+    """Whether Ray Train's controller has registered a checkpoint of this run: its checkpoint manager
+    writes checkpoint_manager_snapshot.json with the latest one when it registers it, and that is what a
+    restarted worker group is given. (A checkpoint folder in storage is not enough: a worker uploads it,
+    then waits in its one-slot result queue for the controller's next poll; killed there, the group
+    restarts from the checkpoint before, or from round 0. On an idle CI host that happened twice.)"""
+    for snapshot in storage.glob("**/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text(encoding="utf-8")).get("latest_checkpoint_result"):
+                return True
+        except (OSError, ValueError):  # being written: look again
+            continue
+    return False
+
+
 def _kill_a_worker_after_the_first_checkpoint(storage: Path, killed: list[int]) -> None:
-    """SIGKILL one Ray Train worker process once a checkpoint is registered: a second one is being
-    written to the run's storage (the workers write the next only after the controller took the last).
-    Only this test's own processes are looked at: the local Ray's processes are descendants of this one."""
+    """SIGKILL one Ray Train worker process once the controller has registered a checkpoint. Only this
+    test's own processes are looked at: the local Ray's processes are descendants of this one."""
     import psutil
 
     deadline = time.monotonic() + 120
-    seen: set[str] = set()
-    while time.monotonic() < deadline and len(seen) < 2:
-        # Whole checkpoints only: the folder holds its state file once written. A bare `checkpoint_*` also
-        # matched Ray Train's checkpoint_manager_snapshot.json, so on an idle CI host the kill once landed
-        # before any checkpoint was registered and the group restarted from round 0.
-        seen |= {path.parent.name for path in storage.glob(f"**/checkpoint_*/{training._STATE_FILE}")}
+    while time.monotonic() < deadline and not _registered_checkpoint(storage):
         time.sleep(0.02)
     for process in psutil.Process().children(recursive=True):
         try:
