@@ -318,7 +318,7 @@ def train_playbook(playbook: list[str], dataset: str, run_id: str, params: dict[
     assert proc.stdout is not None
     for line in proc.stdout:
         tail = [*tail[-200:], line]
-        if "TASK [Train | submit the Ray Job]" in line:
+        if "TASK [Train | submit the Ray Job" in line:
             submitted = time.perf_counter()
         elif submitted is not None and ended is None and "TASK [Train | create the run folder" in line:
             ended = time.perf_counter()

@@ -6,6 +6,12 @@ prints every new log line of the job once, in order, prefixed with the time sinc
 until the job is SUCCEEDED, FAILED or STOPPED. No task recursion, no cap on the job's length; an
 optional ``timeout_s`` fails the task (the job keeps running). Without ``follow`` (and in check mode)
 it is the module, called once.
+
+A submission (``state=present``) is retried while the Jobs API cannot be reached, for UNREACHABLE_S (a
+head that is restarting). With ``resubmit_lost: N`` (and ``state=present``, ``follow``), a job that was
+lost with the head (the module's ``lost``) is submitted again, up to N times, as ``<submission_id>-rK``
+with the same entrypoint and metadata, and followed: the workflow continues the run it claimed (its
+``--claim-token``) from Ray Train's last checkpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ UNREACHABLE_S = 300.0
 RETRY_PAUSE_S = 5.0
 #: Default long-poll of one status call, seconds (the module returns as soon as a line comes).
 DEFAULT_WAIT_S = 10
+#: The module's sentence for a Jobs API it cannot connect to (a head that is down or restarting).
+UNREACHABLE_PREFIX = "Cannot reach the Ray Jobs API"
 #: Keys of the module's last answer that the follow result keeps (log_lines is dropped: they were shown).
 _DROP = ("log_lines", "invocation")
 
@@ -92,6 +100,82 @@ def follow(
         result = call(status_args)
 
 
+def submit(
+    call: Callable[[dict[str, Any]], dict[str, Any]],
+    args: dict[str, Any],
+    *,
+    show: Callable[[str], None],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    started: float,
+    unreachable_s: float = UNREACHABLE_S,
+) -> dict[str, Any]:
+    """``call(args)`` (a submission), again every RETRY_PAUSE_S while the module says the Jobs API cannot
+    be reached, for ``unreachable_s``; any other answer at once."""
+    deadline = clock() + unreachable_s
+    while True:
+        answer = call(args)
+        unreachable = bool(answer.get("failed")) and str(answer.get("msg", "")).startswith(UNREACHABLE_PREFIX)
+        if not unreachable or clock() >= deadline:
+            return answer
+        show(
+            f"{_elapsed(clock() - started)} (the Ray Jobs API cannot be reached yet, retrying: "
+            f"{answer['msg']})"
+        )
+        sleep(RETRY_PAUSE_S)
+
+
+def follow_resubmitting(
+    call: Callable[[dict[str, Any]], dict[str, Any]],
+    first: dict[str, Any],
+    args: dict[str, Any],
+    *,
+    resubmit_lost: int,
+    timeout_s: float | None,
+    show: Callable[[str], None],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    started: float,
+    unreachable_s: float = UNREACHABLE_S,
+) -> dict[str, Any]:
+    """``follow``; then, while the job was lost with its head and resubmissions are left, submit it again
+    as ``<submission_id>-rK`` and follow that. The answer carries ``submission_id`` (the last one) and
+    ``resubmitted`` (how many times)."""
+
+    def follow_one(answer: dict[str, Any], job_args: dict[str, Any]) -> dict[str, Any]:
+        return follow(
+            call,
+            answer,
+            job_args,
+            timeout_s=timeout_s,
+            show=show,
+            clock=clock,
+            sleep=sleep,
+            started=started,
+            unreachable_s=unreachable_s,
+        )
+
+    final = follow_one(first, args)
+    current, attempt = args, 0
+    while final.get("lost") and not final.get("failed") and attempt < resubmit_lost:
+        attempt += 1
+        lost_id = current["submission_id"]
+        current = {**args, "submission_id": f"{args['submission_id']}-r{attempt}", "log_offset": 0}
+        show(
+            f"{_elapsed(clock() - started)} job {lost_id} was lost with the Ray head; resubmitting it as "
+            f"{current['submission_id']} ({attempt} of {resubmit_lost}): the run continues from its last "
+            "checkpoint"
+        )
+        first = submit(
+            call, current, show=show, clock=clock, sleep=sleep, started=started, unreachable_s=unreachable_s
+        )
+        if first.get("failed"):
+            final = first
+            break
+        final = follow_one(first, current)
+    return {**final, "submission_id": current["submission_id"], "resubmitted": attempt}
+
+
 class ActionModule(ActionBase):  # type: ignore[misc]  # ansible-core ships no type information
     TRANSFERS_FILES = False
 
@@ -100,6 +184,9 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible-core ships no t
         result: dict[str, Any] = super().run(tmp, task_vars)
         args = dict(self._task.args)
         do_follow = boolean(args.pop("follow", False), strict=True)
+        resubmit_lost = int(args.pop("resubmit_lost", 0) or 0)
+        if resubmit_lost < 0:
+            return {**result, "failed": True, "msg": "resubmit_lost must be 0 or more."}
         timeout = args.pop("timeout_s", None)
         timeout_s = None if timeout in (None, "") else float(timeout)
         if timeout_s is not None and timeout_s <= 0:
@@ -113,12 +200,21 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible-core ships no t
             return answer
 
         started = time.monotonic()
-        first = call(args)
+        submitting = args.get("state") == "present" and not self._task.check_mode
+        first = submit(call, args, show=display.display, started=started) if submitting else call(args)
         if not do_follow or first.get("failed") or self._task.check_mode:
             if do_follow and self._task.check_mode and not first.get("failed"):
                 first["msg"] = (first.get("msg", "") + "; check mode: the job is not followed").lstrip("; ")
             return {**result, **first}
-        final = follow(call, first, args, timeout_s=timeout_s, show=display.display, started=started)
+        final = follow_resubmitting(
+            call,
+            first,
+            args,
+            resubmit_lost=resubmit_lost if submitting else 0,
+            timeout_s=timeout_s,
+            show=display.display,
+            started=started,
+        )
         final = {k: v for k, v in final.items() if k not in _DROP}
         final["changed"] = bool(first.get("changed"))
         final["elapsed_s"] = round(time.monotonic() - started, 1)

@@ -14,7 +14,8 @@ description:
     O(log_offset) and, when it has finished, the metrics it printed as a C(RAYOPS_METRICS_JSON=...) line.
   - The action plugin of the same name adds O(follow) (with O(timeout_s)) on the controller, which calls
     this module with O(state=status) and a growing O(log_offset) until the job ends, printing every
-    new log line once, in order, with the elapsed time.
+    new log line once, in order, with the elapsed time. It retries a submission while the Jobs API
+    cannot be reached (a head restarting) and, with O(resubmit_lost), resubmits a job lost with the head.
   - Token authentication is read from O(env_file) (KEY=VALUE lines); its values are never returned.
 options:
   submission_id:
@@ -69,6 +70,14 @@ options:
       - (action plugin) With O(follow), fail when the job has not ended after this many seconds (the job
         keeps running). Default none.
     type: int
+  resubmit_lost:
+    description:
+      - (action plugin) With O(state=present) and O(follow), submit a job that was lost with the Ray head
+        (RV(lost)) again, up to this many times, as C(<submission_id>-r1), C(-r2)... with the same
+        entrypoint, metadata and checks, and follow it. The entrypoint must be safe to run again (the
+        rayops workflow continues the run it claimed, from its last checkpoint). 0 does not resubmit.
+    type: int
+    default: 0
   log_tail:
     description: Number of log lines to return.
     type: int
@@ -169,6 +178,14 @@ log_offset:
   description: The O(log_offset) to pass next time (lines seen so far).
   type: int
   returned: always
+submission_id:
+  description: (action plugin, O(follow)) The submission id of the job followed last (a resubmission's).
+  type: str
+  returned: with O(follow)
+resubmitted:
+  description: (action plugin, O(follow)) How many times a lost job was resubmitted (O(resubmit_lost)).
+  type: int
+  returned: with O(follow)
 msg:
   description: What check mode would have done.
   type: str
@@ -346,6 +363,7 @@ API_ARGS = {
     # handled by the action plugin on the controller; accepted here so that both share one spec
     "follow": {"type": "bool", "default": False},
     "timeout_s": {"type": "int"},
+    "resubmit_lost": {"type": "int", "default": 0},
     "exclusive_key": {"type": "str"},
     "queue": {"type": "bool", "default": False},
     "queue_timeout_s": {"type": "int", "default": 3600},

@@ -64,6 +64,14 @@ class Layout:
     buckets: Buckets
     prefix: str  # the target's key prefix, e.g. zone1
     run_id: str
+    # A resubmission continuing its own claim (promotion.claim_run): the run's objects that its lost attempt
+    # wrote are replaced (new versions) instead of refused.
+    resumed: bool = False
+
+    @property
+    def fresh_only(self) -> bool:
+        """The ``if_none_match`` of the run's own objects: only a resumed run replaces them."""
+        return not self.resumed
 
     @classmethod
     def of(cls, config: WorkflowConfig) -> Layout:

@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="MLflow tracking server to log the run to (train.yml passes the head's); default: not tracked",
     )
+    run.add_argument(
+        "--claim-token",
+        default=None,
+        help="id of this submission's train.yml: a resubmission of a job lost with the head passes the same "
+        "one and continues the run (resumes Ray Train from its last checkpoint); default: none",
+    )
     run.add_argument("--output-metrics", type=Path, default=None, help="also write metrics.json to this path")
     run.add_argument("--ray-address", default=None, help="Ray cluster to use (default: RAY_ADDRESS or local)")
     run.add_argument("--local-cpus", type=int, default=None, help="CPUs of a locally started Ray")
@@ -180,6 +186,7 @@ def config_from_args(args: argparse.Namespace) -> WorkflowConfig:
         run_id=args.run_id or new_run_id(),
         features_executor=args.features_executor,
         tracking_uri=args.tracking_uri or None,
+        claim_token=args.claim_token or None,
         # "unknown" is what a playbook passes when the controller's copy is not a git checkout.
         git_sha=None if (args.git_sha or "").strip().lower() in ("", "unknown") else args.git_sha.strip(),
     )

@@ -27,6 +27,7 @@ SEED_REFERENCE = {"target_zone": 1, "rmse": 8029.0, "mae": 5502.0}
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CLAIM_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _ENDPOINT_RE = re.compile(r"^https?://[^/\s:@]+(:[0-9]{1,5})?/?$")
 #: Hosts a plain http:// dataset URL may name (a server on the machine itself, as the tests use).
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -187,6 +188,9 @@ class WorkflowConfig:
     git_sha: str | None = None
     fetch_timeout_s: float = 120.0
     tracking_uri: str | None = None  # MLflow tracking server (train.yml: the head's); None: not tracked
+    # The id of one train.yml invocation: a job resubmitted after its driver was lost with the head passes
+    # the same token and continues the run it claimed (promotion.claim_run); None: the run id is new or taken.
+    claim_token: str | None = None
 
     def __post_init__(self) -> None:
         if self.target_zone not in TARGET_ZONES:
@@ -224,6 +228,11 @@ class WorkflowConfig:
         _check_int("--checkpoint-every", self.checkpoint_every, 0, 100_000)
         _check_int("--max-failures", self.max_failures, 0, 100)
         _check_float("--placement-timeout-s", self.placement_timeout_s, 10.0, 86_400.0)
+        if self.claim_token is not None and not _CLAIM_TOKEN_RE.match(self.claim_token):
+            raise ConfigError(
+                f"--claim-token is not a claim token: pass 16-64 letters, digits, '_' or '-' "
+                f"(got {len(self.claim_token)} characters), or leave it out"
+            )
         if self.git_sha is not None and not re.fullmatch(r"[0-9a-fA-F]{7,40}", self.git_sha):
             raise ConfigError(f"--git-sha {self.git_sha!r} is not a git commit id: pass 7-40 hex digits")
 

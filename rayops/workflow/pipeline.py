@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -120,7 +120,8 @@ def run(
     )
     check_workers_fit(config, cluster)
     with stages.stage("ingest"):
-        table, ingested, live = ingest_stage(config, store, layout)
+        table, ingested, live, resumed = ingest_stage(config, store, layout)
+    layout = replace(layout, resumed=resumed)
     with stages.stage("features"):
         feats = features_stage(config, store, layout, table, ingested, cluster)
     with stages.stage("train"):
@@ -217,7 +218,7 @@ def promote_stage(
 # 1. ingest: validate first, claim the run id, upload only good data ------------------------------
 def ingest_stage(
     config: WorkflowConfig, store: S3Store, layout: artifacts.Layout
-) -> tuple[ingest.RawTable, ingest.IngestResult, promotion.Live]:
+) -> tuple[ingest.RawTable, ingest.IngestResult, promotion.Live, bool]:
     fetched = ingest.fetch(
         config.dataset, store, timeout=config.fetch_timeout_s, cluster_buckets=config.buckets
     )
@@ -234,8 +235,8 @@ def ingest_stage(
     # The live model (and the condition of this run's promotion), then the run id's claim: the first
     # reads and writes of the run, after the data proved good.
     live = promotion.read_live(store, layout)
-    promotion.claim_run(store, config, layout)
-    return table, ingest.upload_raw(store, config.buckets.raw, fetched, table), live
+    resumed = promotion.claim_run(store, config, layout)
+    return table, ingest.upload_raw(store, config.buckets.raw, fetched, table), live, resumed
 
 
 # 2. features: pandas on the driver (small tables) or Ray Data -----------------------------------
@@ -250,6 +251,9 @@ def features_stage(
     fset = features.build_features(
         table.frame, config.target_zone, executor=config.features_executor, before_cluster=cluster
     )
+    if layout.resumed:  # the lost attempt's Parquet parts would be read with these: delete markers on them
+        cleared = store.delete_prefix(layout.buckets.features, layout.features_data.split("/", 1)[1] + "/")
+        log.info("features: %d Parquet part(s) of the lost attempt replaced", cleared)
     try:
         parquet_uri = artifacts.write_features(fset, layout, store.filesystem(layout.buckets.features))
     except Exception as err:
@@ -258,7 +262,9 @@ def features_stage(
             "check the features bucket, --s3-endpoint-url and the nodes' S3 credentials"
         ) from err
     manifest = artifacts.features_manifest(config, ingested, fset, parquet_uri)
-    manifest_put = store.put_json(layout.buckets.features, layout.manifest_key, manifest, if_none_match=True)
+    manifest_put = store.put_json(
+        layout.buckets.features, layout.manifest_key, manifest, if_none_match=layout.fresh_only
+    )
     store.put_json(layout.buckets.features, layout.newest_manifest_key, manifest)
     # The manifest pins the raw version it was built from: out of the noncurrent-expiry rule.
     raw_bucket, raw_key = ingested.uri.removeprefix("s3://").split("/", 1)
@@ -380,7 +386,7 @@ def artifacts_stage(
         layout.model_key,
         bytes(booster.save_raw("ubj")),
         content_type="application/ubjson",
-        if_none_match=True,
+        if_none_match=layout.fresh_only,
     )
     metrics = artifacts.metrics_record(
         config,
@@ -398,6 +404,7 @@ def artifacts_stage(
     )
     metrics["promotion"]["live"] = evaluation.live
     metrics["resumed_from_round"] = trained.resumed_from  # empty: no restart (see training.py)
+    metrics["resubmitted"] = layout.resumed  # a resubmission after the driver was lost (promotion.claim_run)
     metadata = artifacts.model_metadata(metrics, ingested, feats.manifest, feats.manifest_put)
     # The training rows' bins (inputs and predictions): serving compares live use with them (drift scores).
     train_h = trained.splits.train_h
@@ -426,7 +433,7 @@ def artifacts_stage(
         images=images,
         report=report,
     )
-    store.put_json(buckets.models, layout.metadata_key, metadata, if_none_match=True)
+    store.put_json(buckets.models, layout.metadata_key, metadata, if_none_match=layout.fresh_only)
     for image_name, png in images.items():
         store.put_bytes(buckets.results, layout.result_key(image_name), png, content_type="image/png")
     store.put_bytes(buckets.results, layout.report_key, report.encode(), content_type="text/markdown")

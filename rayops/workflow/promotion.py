@@ -2,8 +2,11 @@
 
 * A run id is claimed once: ``runs/<run id>/run.json`` in the results bucket is written with
   ``IfNoneMatch: *`` after the data is validated and before anything else of the run is written, so a
-  second run with the same id (a reused ``--run-id``, a job resubmitted after a head restart) is refused
-  and the first run's objects stay as they are. Every later object of the run is written the same way.
+  second run with the same id (a reused ``--run-id``) is refused and the first run's objects stay as they
+  are. Every later object of the run is written the same way. The one exception is the same submission
+  again: train.yml resubmits a job whose driver was lost with the head with the same ``--claim-token``;
+  that run continues its claim (unless its metrics.json exists: it finished) and replaces what the lost
+  attempt wrote with new versions (versioned buckets: the old ones stay).
 * The live model is read once, at the start of the run, with the pointer's ETag (:func:`read_live`).
   The new model must be no worse than it on this run's holdout (``--live-tolerance``); the first model
   of a zone has nothing to beat.
@@ -16,6 +19,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -56,21 +60,40 @@ def read_live(store: S3Store, layout: artifacts.Layout) -> Live:
     return Live(uri, pointer, etag)
 
 
-def claim_run(store: S3Store, config: WorkflowConfig, layout: artifacts.Layout) -> None:
-    """Write ``runs/<run id>/run.json`` only if it does not exist; refuse a run id that does."""
+def claim_run(store: S3Store, config: WorkflowConfig, layout: artifacts.Layout) -> bool:
+    """Write ``runs/<run id>/run.json`` only if it does not exist; refuse a run id that does, unless this
+    is the same submission again (``--claim-token``, recorded as its SHA-256): a job resubmitted after its
+    driver was lost with the head. Returns whether the run was resumed that way."""
+    digest = hashlib.sha256(config.claim_token.encode()).hexdigest() if config.claim_token else None
     record = {
         "run_id": config.run_id,
         "target": f"zone{config.target_zone}",
         "claimed_at": artifacts.now_utc(),
+        **({"claim_sha256": digest} if digest else {}),
     }
     try:
         store.put_json(layout.buckets.results, layout.claim_key, record, if_none_match=True)
+        return False
     except PreconditionFailed as err:
-        raise ConfigError(
-            f"the run id {config.run_id!r} is taken (s3://{layout.buckets.results}/{layout.claim_key} "
-            "exists), so nothing of that run was touched: pass a new --run-id (train_run_id) or leave it "
-            "out for a fresh one"
-        ) from err
+        claim = f"s3://{layout.buckets.results}/{layout.claim_key}"
+        held = store.get_json(layout.buckets.results, layout.claim_key) or {}
+        if digest is None or held.get("claim_sha256") != digest:
+            raise ConfigError(
+                f"the run id {config.run_id!r} is taken ({claim} exists), so nothing of that run was "
+                "touched: pass a new --run-id (train_run_id) or leave it out for a fresh one"
+            ) from err
+        if store.head(layout.buckets.results, layout.metrics_key) is not None:
+            raise ConfigError(
+                f"run {config.run_id} already finished (s3://{layout.buckets.results}/{layout.metrics_key} "
+                "exists): nothing to resume; train again with a new train_run_id"
+            ) from err
+    log.info(
+        "ingest: run %s continues its own claim (%s, same claim token): a resubmission after its driver "
+        "was lost; what it wrote is replaced by new versions and Ray Train resumes from its last checkpoint",
+        config.run_id,
+        claim,
+    )
+    return True
 
 
 def score_live(

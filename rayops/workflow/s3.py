@@ -248,3 +248,20 @@ class S3Store:
                 "reach", f"s3://{bucket}/{key}", err, "check --s3-endpoint-url and the network"
             ) from err
         return response
+
+    def delete_prefix(self, bucket: str, prefix: str) -> int:
+        """Delete the current objects under ``prefix`` (a folder: it ends with ``/``). The buckets are
+        versioned, so each delete only adds a delete marker: every version stays. Returns how many."""
+        if not prefix.endswith("/"):
+            raise ValueError(f"delete_prefix needs a folder prefix ending with '/', got {prefix!r}")
+        uri = f"s3://{bucket}/{prefix}"
+        deleted = 0
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+                if keys:
+                    self.client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                    deleted += len(keys)
+        except (ClientError, BotoCoreError) as err:
+            raise self._fail("clear", uri, err, "check the head's S3 permissions (s3:DeleteObject)") from err
+        return deleted

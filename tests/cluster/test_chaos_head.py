@@ -28,6 +28,13 @@ from cluster_helpers import (
     wait_healthy,
     worker_serve,
 )
+from test_chaos_train import _finish as finish
+from test_chaos_train import _metrics as run_metrics
+from test_chaos_train import _registered as registered_checkpoint
+from test_chaos_train import _train as train_zone3
+from test_chaos_train import _versions as zone1_versions
+from test_chaos_train import _wait_for as wait_for
+from test_chaos_train import _zone3_pointer as zone3_pointer
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
@@ -97,6 +104,52 @@ def test_killed_gcs_keeps_the_cluster_and_its_workers(
     jobs = ray_cluster.ssh(ray_cluster.head, RAY_CLIENT.format("/opt/rayops/venv/bin/ray job list"))
     assert jobs.returncode == 0 and "SUCCEEDED" in jobs.stdout, jobs.stdout[-2000:] + jobs.stderr[-1000:]
     assert pointer_and_model(ray_cluster, first_run, worker_api) == (pointer, model)
+
+
+def test_killed_gcs_mid_training_is_resubmitted_and_resumes_from_its_checkpoint(
+    ray_cluster: RayCluster,
+) -> None:
+    """kill -9 of the GCS while train.yml trains zone 3 on a worker group, once Ray Train registered a
+    checkpoint: the head restarts and its job's driver is lost with it; train.yml resubmits the job
+    (rayops-train-<run>-r1, the same claim token), which continues the run and resumes Ray Train from the
+    checkpoint; the run completes and promotes zone 3; the workers' raylets never restart; zone 1 is
+    untouched. ~3 min."""
+    before = zone1_versions(ray_cluster)
+    workers = raylets(ray_cluster)
+    run = train_zone3(ray_cluster, "chaos-gcs", num_boost_round=150)
+    try:
+        wait_for(
+            "a registered checkpoint of chaos-gcs", registered_checkpoint(ray_cluster, "chaos-gcs"), 400, run
+        )
+        head = ray_cluster.unit_invocation(ray_cluster.head, "ray-head")
+        killed = ray_cluster.ssh(ray_cluster.head, "kill -9 $(pgrep -x gcs_server)")
+        assert killed.returncode == 0, killed.stderr
+        killed_at = time.monotonic()
+        wait_head_restarted(ray_cluster, head, 60)
+        code, out = finish(run, 900)
+        took = time.monotonic() - killed_at
+    finally:
+        if run.poll() is None:
+            run.kill()
+        ray_cluster.wait_alive(3, deadline_s=240)
+    flat = " ".join(out.split())
+    assert code == 0, out[-6000:]
+    assert (
+        "job rayops-train-chaos-gcs was lost with the Ray head; resubmitting it as rayops-train-chaos-gcs-r1"
+        in flat
+    )
+    metrics = run_metrics("chaos-gcs")
+    assert metrics["resubmitted"] is True
+    assert metrics["resumed_from_round"], "the resubmitted run did not resume from the checkpoint"
+    assert all(r % 10 == 0 and r > 0 for r in metrics["resumed_from_round"].values())
+    assert (zone3_pointer(ray_cluster) or {}).get("run_id") == "chaos-gcs"  # completed: promoted legitimately
+    assert raylets(ray_cluster) == workers, "a worker's raylet was restarted: it left the cluster"
+    assert zone1_versions(ray_cluster) == before
+    fit = metrics["timings_s"]["ray_train_fit"]
+    print(
+        f"\nGCS killed mid-training: train.yml resubmitted the lost job and the run completed {took:.0f} s "
+        f"later, resumed {metrics['resumed_from_round']}; Ray Train fit {fit:.0f} s"
+    )
 
 
 @HEAD_RESTART_XFAIL

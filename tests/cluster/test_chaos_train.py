@@ -119,6 +119,14 @@ def _checkpointed(ray_cluster: RayCluster, run_id: str) -> Any:
     return lambda: _has_key(ray_cluster, "models", f"zone{ZONE}/ray-train/{run_id}/", "checkpoint_")
 
 
+def _registered(ray_cluster: RayCluster, run_id: str) -> Any:
+    """Whether Ray Train's controller registered a checkpoint of the run: it writes its snapshot then (a
+    checkpoint folder alone may still wait in a worker's result queue)."""
+    return lambda: _has_key(
+        ray_cluster, "models", f"zone{ZONE}/ray-train/{run_id}/", "checkpoint_manager_snapshot.json"
+    )
+
+
 def _worker_with_a_train_worker(ray_cluster: RayCluster) -> str:
     for worker in ray_cluster.workers:
         if (

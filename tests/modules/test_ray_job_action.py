@@ -139,3 +139,101 @@ def test_a_head_restart_is_waited_for_up_to_the_bound() -> None:
     assert final["status"] == "SUCCEEDED"
     assert follow_with_a_fake_clock(Head(*[down] * 1000)) == down
     assert action.UNREACHABLE_S <= now[0] <= action.UNREACHABLE_S + 2 * action.RETRY_PAUSE_S
+
+
+DOWN = {
+    "failed": True,
+    "msg": "Cannot reach the Ray Jobs API at http://127.0.0.1:8265 (ConnectionError: ...)",
+}
+
+
+def fake_time() -> tuple[Any, Any]:
+    now = [0.0]
+    return (lambda: now[0]), (lambda s: now.__setitem__(0, now[0] + s))
+
+
+def test_a_submission_waits_for_a_restarting_jobs_api_and_not_for_a_refusal() -> None:
+    """Issue 16: train.yml started while the head restarts waits for its Jobs API (up to the bound);
+    any other failure (a refusal, a bad argument) is returned at once."""
+    clock, sleep = fake_time()
+    shown: list[str] = []
+    args = {"submission_id": "j", "state": "present", "entrypoint": "python x"}
+    head = Head(DOWN, DOWN, answer("PENDING", offset=0, changed=True))
+    first = action.submit(head, args, show=shown.append, clock=clock, sleep=sleep, started=0.0)
+    assert first["status"] == "PENDING" and len(head.calls) == 3
+    assert all(call == args for call in head.calls)  # the same submission each time
+    assert sum("cannot be reached yet, retrying" in line for line in shown) == 2
+    refused = {
+        "failed": True,
+        "status": "REFUSED",
+        "msg": "Training run a (...) is already running for target zone1",
+    }
+    head = Head(refused)
+    assert action.submit(head, args, show=shown.append, clock=clock, sleep=sleep, started=0.0) == refused
+    head = Head(*[DOWN] * 1000)
+    assert action.submit(head, args, show=shown.append, clock=clock, sleep=sleep, started=0.0) == DOWN
+    assert len(head.calls) == int(action.UNREACHABLE_S / action.RETRY_PAUSE_S) + 1
+
+
+def lost(offset: int) -> dict[str, Any]:
+    return answer(
+        "FAILED", offset=offset, lost=True, error="The Ray job ... was lost with the Ray head (...)"
+    )
+
+
+def test_a_job_lost_with_the_head_is_resubmitted_and_followed_up_to_the_bound() -> None:
+    """Issue 16: with resubmit_lost, a lost job is submitted again as <id>-r1 (the same entrypoint and
+    metadata, state present, log offset 0) and followed; resubmissions stop at the bound, a refused one
+    ends it, and a job's own failure is never resubmitted."""
+    clock, sleep = fake_time()
+    shown: list[str] = []
+    args = {"submission_id": "rayops-train-a", "state": "present", "entrypoint": "python x", "log_offset": 0}
+
+    def resubmitting(head: Head, bound: int) -> dict[str, Any]:
+        return action.follow_resubmitting(
+            head,
+            answer("RUNNING", offset=0),
+            args,
+            resubmit_lost=bound,
+            timeout_s=None,
+            show=shown.append,
+            clock=clock,
+            sleep=sleep,
+            started=0.0,
+        )
+
+    head = Head(
+        lost(5),  # the first job's status after the head came back
+        answer("PENDING", offset=0, changed=True),  # the resubmission
+        answer("SUCCEEDED", "[rayops] done", offset=1, metrics={"promoted": True}),
+    )
+    final = resubmitting(head, 2)
+    assert final["status"] == "SUCCEEDED" and final["metrics"] == {"promoted": True}
+    assert (final["submission_id"], final["resubmitted"]) == ("rayops-train-a-r1", 1)
+    resubmission = head.calls[1]
+    assert resubmission == {**args, "submission_id": "rayops-train-a-r1", "log_offset": 0}
+    assert head.calls[2]["state"] == "status" and head.calls[2]["submission_id"] == "rayops-train-a-r1"
+    assert any(
+        "job rayops-train-a was lost with the Ray head; resubmitting it as rayops-train-a-r1 (1 of 2)" in line
+        for line in shown
+    ), shown
+
+    # Lost every time: two resubmissions, then the last loss is the answer.
+    head = Head(lost(5), answer("PENDING", offset=0), lost(2), answer("PENDING", offset=0), lost(2))
+    final = resubmitting(head, 2)
+    assert final["lost"] and (final["submission_id"], final["resubmitted"]) == ("rayops-train-a-r2", 2)
+    assert not head.answers
+
+    # A refused resubmission (another run took the zone meanwhile) ends it with the refusal.
+    refused = {"failed": True, "status": "REFUSED", "msg": "Training run b (...) is already running"}
+    head = Head(lost(5), refused)
+    final = resubmitting(head, 2)
+    assert final["failed"] and final["msg"] == refused["msg"] and final["resubmitted"] == 1
+
+    # The job's own failure (not lost) and resubmit_lost 0 are never resubmitted.
+    for answers, bound in (([answer("FAILED", offset=1, lost=False, error="bad data")], 2), ([lost(5)], 0)):
+        head = Head(*answers)
+        final = resubmitting(head, bound)
+        assert (
+            final["resubmitted"] == 0 and final["submission_id"] == "rayops-train-a" and len(head.calls) == 1
+        )

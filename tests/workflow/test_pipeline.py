@@ -88,7 +88,9 @@ def good_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Ru
     return Run(proc, metrics_line(proc.stdout), buckets, dataset, output, moto_endpoint)
 
 
-def rerun(good_run: Run, run_id: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def rerun(
+    good_run: Run, run_id: str, *extra: str, program: tuple[str, ...] = ("-m", "rayops.workflow")
+) -> subprocess.CompletedProcess[str]:
     """The good run's data and buckets again, as run ``run_id``, with ``extra`` options."""
     return run_cli(
         *data_args(good_run.dataset, good_run.buckets.to_dict(), good_run.endpoint),
@@ -96,6 +98,7 @@ def rerun(good_run: Run, run_id: str, *extra: str) -> subprocess.CompletedProces
         run_id,
         *SMALL,
         *extra,
+        program=program,
     )
 
 
@@ -280,6 +283,10 @@ def test_bad_data_is_refused_before_anything_is_written(good_run: Run, s3: Any, 
         (["--dataset", "SHORT"], "covers only 480 hours, but the workflow needs at least 504"),
         (["--dataset", "COLUMNS"], "lacks the column(s) PowerConsumption_Zone1"),
         (["--num-boost-round", "0"], "--num-boost-round is 0: pass a whole number from 1 to 100000"),
+        (
+            ["--claim-token", "short;rm"],
+            "--claim-token is not a claim token: pass 16-64 letters, digits, '_' or '-' (got 8 characters)",
+        ),
     ],
 )
 def test_bad_input_one_sentence_exit_2(
@@ -428,3 +435,76 @@ def test_what_the_pointer_and_the_manifest_pin_is_tagged_pinned(good_run: Run, s
     # Not pinned: the pointer itself (its older versions may expire) and the run's report.
     assert tags(s3, b.models, "zone1/current.json", None) == {"rayops-pinned": "false"}
     assert tags(s3, b.results, "runs/good-1/report.md", None) == {"rayops-pinned": "false"}
+
+
+# --------------------------------------------- a resubmission after a lost driver (issue 16, item 3)
+
+#: The driver killed in the train stage (os._exit: no cleanup, as with SIGKILL or a head restart),
+#: after the claim, the raw data, the features' Parquet parts and their manifest were written.
+LOST_IN_TRAINING = """
+import os, sys
+from rayops.workflow import cli, pipeline
+
+def killed(*args, **kwargs):
+    sys.stdout.write("[rayops] test: the driver dies in the train stage\\n")
+    sys.stdout.flush()
+    os._exit(137)
+
+pipeline.train_stage = killed
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+TOKEN = "resubmit-token-0123456789"
+
+
+def current_keys(s3: Any, bucket: str, prefix: str) -> set[str]:
+    """The keys of the current objects under ``prefix``, without pyarrow's folder markers (``.../``)."""
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"] for o in listed if not o["Key"].endswith("/")}
+
+
+def test_a_resubmission_with_the_same_claim_token_continues_the_lost_run(good_run: Run, s3: Any) -> None:
+    """The lost attempt left its claim, Parquet parts and manifest. The same run id with the same
+    --claim-token continues it: the parts are replaced (delete markers, every version kept), the manifest
+    gets a new version, the run completes and says it was resubmitted. Another token, or none, is refused,
+    and so is the same token once the run has finished."""
+    b = good_run.buckets
+    # Ray Data features (several Parquet parts with fresh names per write) and a tolerance to promote.
+    extra = ["--features-executor", "ray", "--live-tolerance", "0.2", "--claim-token", TOKEN]
+    lost = rerun(good_run, "resub-1", *extra, program=("-c", LOST_IN_TRAINING))
+    assert lost.returncode == 137, lost.stdout[-3000:] + lost.stderr[-3000:]
+    data = "zone1/runs/resub-1/data/"
+    parts_lost = current_keys(s3, b.features, data)
+    assert parts_lost and current_keys(s3, b.results, "runs/resub-1/") == {"runs/resub-1/run.json"}
+    claim = get_json(s3, b.results, "runs/resub-1/run.json")
+    assert TOKEN not in json.dumps(claim) and claim["claim_sha256"]  # the token's digest, not the token
+
+    refused = rerun(good_run, "resub-1", "--claim-token", "another-token-0123456789")
+    assert refused.returncode == 2 and "the run id 'resub-1' is taken" in error_line(refused.stderr)
+    assert rerun(good_run, "resub-1").returncode == 2
+
+    again = rerun(good_run, "resub-1", *extra)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "run resub-1 continues its own claim" in again.stdout
+    m = metrics_line(again.stdout)
+    assert m["resubmitted"] is True and m["promoted"] is True
+    parts_now = current_keys(s3, b.features, data)
+    assert parts_now and not parts_now & parts_lost  # only this attempt's parts are current
+    rows = sum(
+        pq.read_metadata(pa.BufferReader(s3.get_object(Bucket=b.features, Key=k)["Body"].read())).num_rows
+        for k in parts_now
+    )
+    split = m["splits"]["holdout"]
+    assert rows == split["train_rows"] + split["test_rows"], (rows, split)  # each feature row once
+    kept = s3.list_object_versions(Bucket=b.features, Prefix=data)
+    assert {v["Key"] for v in kept["Versions"]} >= parts_lost  # the lost attempt's parts: noncurrent, kept
+    manifests = s3.list_object_versions(Bucket=b.features, Prefix="zone1/runs/resub-1/manifest.json")
+    assert len(manifests["Versions"]) == 2
+    assert get_json(s3, b.models, "zone1/current.json")["run_id"] == "resub-1"
+
+    finished = rerun(good_run, "resub-1", *extra)
+    assert finished.returncode == 2
+    assert error_line(finished.stderr) == (
+        f"run resub-1 already finished (s3://{b.results}/runs/resub-1/metrics.json exists): nothing to "
+        "resume; train again with a new train_run_id"
+    )
