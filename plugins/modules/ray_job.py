@@ -239,8 +239,13 @@ def summarize_logs(logs: str, tail: int) -> dict[str, object]:
 
 #: Ray's error types of a job whose supervisor (so its driver) died with a node, not by its own error.
 _LOST_TYPES = {"JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE"}
+#: ... and its messages: a RUNNING job whose supervisor is gone after a head restart is failed by Ray 2.60 as
+#: JOB_SUPERVISOR_ACTOR_START_FAILURE with "failed to get job supervisor" (that type alone also means a
+#: supervisor that never started, which is the job's own failure).
 _LOST_MESSAGE = re.compile(
-    r"^(Job supervisor actor died|Job monitoring .* failed unexpectedly)", re.IGNORECASE
+    r"^(Job supervisor actor died|Job monitoring .* failed unexpectedly"
+    r"|Unexpected error occurred: failed to get job supervisor)",
+    re.IGNORECASE,
 )
 
 
