@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from rayops.ansible_env import BIN, REPO, ansible_env
 from rayops.localcloud.cloud import LocalCloud
 
@@ -42,17 +40,6 @@ __all__ = [
 DATASET = REPO.parent / "shared" / "data" / "powerconsumption.csv"
 
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
-
-
-# The head-restart chaos rows (test_chaos_head, test_serve_heal): not strict; they run and print figures.
-HEAD_RESTART_XFAIL = pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "issue 16: has not passed yet on the loaded 2-core host (gcsft, 00:40 UTC): a restarted "
-        "head's Jobs API or a worker's Serve proxy did not come back within the bound; see the "
-        "gcsft report"
-    ),
-)
 
 
 @dataclass

@@ -1,11 +1,8 @@
-"""Chaos on the head (issue 16, items 1 and 4). With GCS fault tolerance (the head's Redis) a killed GCS and a
-rebooted head machine are the same cluster again without Ansible, and the workers never leave it; a head
-without enough free disk is refused by preflight. After every fault zone 1's pointer and the served model
-are unchanged.
-
-Runs after test_monitoring (its panels are measured before any fault) and before test_serve_heal (Serve
-under load while the head's Ray restarts). Each test prints its figure; each docstring gives its cost on the
-session cluster (2-core host).
+"""Chaos on the head (issue 16, items 1, 3 and 4). With GCS fault tolerance (the head's Redis) a killed GCS
+and a rebooted head machine are the same cluster again without Ansible, and the workers never leave it; a
+GCS killed mid-training loses the job's driver, and train.yml resubmits the job, which resumes from its
+checkpoint; a head without enough free disk is refused by preflight. After every fault zone 1's pointer
+and the served model are unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from typing import Any
 
 import pytest
 from cluster_helpers import (
-    HEAD_RESTART_XFAIL,
     RAY_CLIENT,
     RayCluster,
     ServeApi,
@@ -83,7 +79,6 @@ def test_the_gcs_store_is_the_heads_own(ray_cluster: RayCluster) -> None:
     assert "PONG" not in other.stdout, "another local account reached the GCS store"
 
 
-@HEAD_RESTART_XFAIL
 def test_killed_gcs_keeps_the_cluster_and_its_workers(
     ray_cluster: RayCluster, first_run: dict[str, Any], worker_api: ServeApi
 ) -> None:
@@ -152,7 +147,6 @@ def test_killed_gcs_mid_training_is_resubmitted_and_resumes_from_its_checkpoint(
     )
 
 
-@HEAD_RESTART_XFAIL
 def test_rebooted_head_machine_heals_without_ansible(
     ray_cluster: RayCluster, first_run: dict[str, Any], worker_api: ServeApi
 ) -> None:

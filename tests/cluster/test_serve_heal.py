@@ -1,5 +1,9 @@
 """Last on the session cluster: the head's Ray restarts while Serve is under a bounded load sent to a
-WORKER's proxy (4 threads of single-row /predict for the length of the restart). With GCS fault tolerance
+WORKER's proxy (single-row /predict at LOAD_RPS requests a second from LOAD_THREADS threads, for the length
+of the restart). Bounded, not as fast as the threads can go: on the 2-core host an unpaced load kept both
+cores busy, and the restarting head's processes then missed Ray's own start-up timeouts (30 s for the
+raylet to register, 15 s for the dashboard agent), so the head crash-looped: a test of the host, not of
+fault tolerance. With GCS fault tolerance
 (issue 16) the Serve app lives on: the workers' proxies and replicas keep answering (<= 1 % failed, goal
 0), and the head's own proxy answers again with the same model, without Ansible. ~60-90 s.
 
@@ -16,7 +20,6 @@ from typing import Any
 
 import pytest
 from cluster_helpers import (
-    HEAD_RESTART_XFAIL,
     RayCluster,
     ServeApi,
     one_row,
@@ -29,8 +32,10 @@ from cluster_helpers import (
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
+LOAD_THREADS = 2
+LOAD_RPS = 10  # all threads together
 
-@HEAD_RESTART_XFAIL
+
 def test_serve_answers_from_the_workers_while_the_head_restarts(
     ray_cluster: RayCluster, first_run: dict[str, Any], serve_api: ServeApi
 ) -> None:
@@ -45,13 +50,16 @@ def test_serve_answers_from_the_workers_while_the_head_restarts(
         stop = threading.Event()
 
         def load() -> None:
+            period = LOAD_THREADS / LOAD_RPS
             while not stop.is_set():
+                sent = time.monotonic()
                 code, body = worker_api.call("/zone1/predict", {"instances": [row]})
                 results.append(code)
                 if code != 200:
                     failures.append(f"{code}: {str(body)[:200]}")
+                stop.wait(max(0.0, period - (time.monotonic() - sent)))
 
-        threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+        threads = [threading.Thread(target=load, daemon=True) for _ in range(LOAD_THREADS)]
         for thread in threads:
             thread.start()
         try:
@@ -61,6 +69,7 @@ def test_serve_answers_from_the_workers_while_the_head_restarts(
             assert out.returncode == 0, out.stderr
             start = time.monotonic()
             wait_head_restarted(ray_cluster, invocation, 120)
+            print(f"\nray-head restarted by systemd after {time.monotonic() - start:.1f} s", flush=True)
             wait_healthy(ray_cluster, 180)
             restarted = time.monotonic() - start
             time.sleep(3)  # and a little after it
@@ -70,8 +79,8 @@ def test_serve_answers_from_the_workers_while_the_head_restarts(
                 thread.join(timeout=40)
         failed = len(results) - results.count(200)
         print(
-            f"\nhead's Ray restarted (whole again after {restarted:.1f} s) under load on a worker's proxy: "
-            f"{failed} / {len(results)} requests failed"
+            f"head's Ray restarted (whole again after {restarted:.1f} s) under {LOAD_RPS} requests/s on a "
+            f"worker's proxy: {failed} / {len(results)} requests failed"
         )
         assert results, "no request completed"
         assert failed <= 0.01 * len(results), f"{failed} of {len(results)} failed: {failures[:5]}"
