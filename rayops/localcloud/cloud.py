@@ -224,12 +224,13 @@ class LocalCloud:
         names = ", ".join(m.name for m in self.spec.machines())
         raise LocalCloudError(f"cloud '{self.spec.name}' has no machine {name!r}; it has {names}")
 
-    def stop_machine(self, name: str) -> None:
-        """Power a machine off (orderly), keeping its disk, like stopping an EC2 instance."""
+    def stop_machine(self, name: str, hard: bool = False) -> None:
+        """Power a machine off (orderly), keeping its disk, like stopping an EC2 instance. ``hard``: a power
+        cut instead, every process of the machine killed at once (a failed instance)."""
         m = self.machine(name)
         state = self._require_state()
-        machines.stop(self.spec, m, state.launcher_pids.get(m.name))
-        self.log(f"{m.name} stopped")
+        machines.stop(self.spec, m, state.launcher_pids.get(m.name), timeout=0.0 if hard else 20.0)
+        self.log(f"{m.name} {'powered off hard' if hard else 'stopped'}")
 
     def start_machine(self, name: str) -> None:
         """Boot a stopped machine again from its kept overlay."""

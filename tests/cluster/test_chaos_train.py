@@ -173,7 +173,7 @@ def test_second_run_for_a_zone_is_refused_and_a_killed_raylet_is_survived(
         ), out[-3000:]
         assert not (REPO / ".rayops" / "runs" / "chaos-b" / "metrics.json").exists()
         print("second train.yml for zone 3: refused with run chaos-a's id")
-        _wait_for("checkpoint of chaos-a", _checkpointed(ray_cluster, "chaos-a"), 300, first)
+        _wait_for("registered checkpoint of chaos-a", _registered(ray_cluster, "chaos-a"), 300, first)
         victim = _worker_with_a_train_worker(ray_cluster)
         killed_at = time.monotonic()
         kill = ray_cluster.ssh(victim, "kill -9 $(pgrep -x raylet)")
@@ -208,17 +208,20 @@ def test_second_run_for_a_zone_is_refused_and_a_killed_raylet_is_survived(
 def test_stopped_worker_machine_mid_training(
     ray_cluster: RayCluster, untouched: dict[str, str | None]
 ) -> None:
-    """The run completes on the remaining nodes or fails within the bound with the sentence."""
+    """The machine holding one of the run's Ray Train workers loses power (every process killed at once, a
+    failed instance) after a registered checkpoint: the run completes on the remaining nodes, resumed from
+    the checkpoint, or fails within the bound with the sentence. (An orderly stop let a short run finish
+    while the machine shut down; see the xfail.)"""
     before = _zone3_pointer(ray_cluster)
     # More rounds than the other rows: the worker must still be training when its node leaves (at 100 rounds
     # the run had finished first).
     run = _train(ray_cluster, "chaos-c", num_boost_round=250)
     victim = None
     try:
-        _wait_for("checkpoint of chaos-c", _checkpointed(ray_cluster, "chaos-c"), 400, run)
+        _wait_for("registered checkpoint of chaos-c", _registered(ray_cluster, "chaos-c"), 400, run)
         victim = _worker_with_a_train_worker(ray_cluster)
         stopped_at = time.monotonic()
-        ray_cluster.cloud.stop_machine(victim)
+        ray_cluster.cloud.stop_machine(victim, hard=True)
         code, out = _finish(run)
         took = time.monotonic() - stopped_at
     finally:
