@@ -199,9 +199,9 @@ def test_second_run_for_a_zone_is_refused_and_a_killed_raylet_is_survived(
 @pytest.mark.xfail(
     strict=False,
     reason=(
-        "issue 16, open: the row now cuts the machine's power after a registered checkpoint, which has not run "
-        "in CI yet; with the orderly stop it passed in CI on 397d776 and e17b748 and failed on 00a282b and in "
-        "one run on 2 Dec (the run finished inside the machine's 20 s shutdown, 19 s after the stop began)"
+        "issue 16, open: the row now cuts the machine's power after a registered checkpoint, which has not "
+        "run in CI yet; with the orderly stop it passed in CI on 397d776 and e17b748 and failed on 00a282b "
+        "and in one run on 2 Dec (the run finished inside the machine's 20 s shutdown, 19 s after the stop)"
     ),
 )
 def test_stopped_worker_machine_mid_training(
