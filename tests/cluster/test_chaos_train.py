@@ -148,6 +148,15 @@ def untouched(ray_cluster: RayCluster) -> Iterator[dict[str, str | None]]:
     assert _versions(ray_cluster) == before, "zone 1's pointer or manifest moved during the chaos rows"
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "issue 16, open: in CI on e17b748 and fce0854 the run completed without resuming from a "
+        "checkpoint after a worker's raylet was killed (waiting for a registered checkpoint did not change "
+        "it; it passed in CI on 00a282b and 397d776); the machine is chosen by a RayTrainWorker process "
+        "title, which may not be the running group's worker"
+    ),
+)
 def test_second_run_for_a_zone_is_refused_and_a_killed_raylet_is_survived(
     ray_cluster: RayCluster, untouched: dict[str, str | None]
 ) -> None:
