@@ -169,10 +169,9 @@ class LocalCloud:
     def _health_problems(self, state: CloudState) -> list[str]:
         problems = []
         for m in self.spec.machines():
-            pid = state.launcher_pids.get(m.name)
-            if pid is None or not system.pid_alive(pid):
+            if not machines.is_launcher(state.launcher_pids.get(m.name), m.name):
                 problems.append(f"machine {m.name} is not running")
-        if state.s3_pid is None or not system.pid_alive(state.s3_pid):
+        if not s3server.is_server(state.s3_pid, self.spec.name):
             problems.append("the S3 endpoint is not running")
         return problems
 
@@ -236,8 +235,7 @@ class LocalCloud:
         """Boot a stopped machine again from its kept overlay."""
         m = self.machine(name)
         state = self._require_state()
-        pid = state.launcher_pids.get(m.name)
-        if pid is not None and system.pid_alive(pid):
+        if machines.is_launcher(state.launcher_pids.get(m.name), m.name):
             self.log(f"{m.name} is already running")
             return
         state.launcher_pids[m.name] = self._launch(m)
@@ -249,7 +247,7 @@ class LocalCloud:
         """Freeze (SIGSTOP) or thaw (SIGCONT) the S3 endpoint: an outage that keeps its objects (moto holds
         them in memory, so a stopped server would lose them). Connections hang while it is frozen."""
         state = self._require_state()
-        if state.s3_pid is None or not system.pid_alive(state.s3_pid):
+        if state.s3_pid is None or not s3server.is_server(state.s3_pid, self.spec.name):
             raise LocalCloudError(f"cloud '{self.spec.name}' has no running S3 endpoint to pause")
         os.kill(state.s3_pid, signal.SIGSTOP if paused else signal.SIGCONT)
         self.log(f"S3 endpoint {'paused' if paused else 'resumed'}")
@@ -298,8 +296,7 @@ class LocalCloud:
         spec = state.spec if state else self.spec
         rows = []
         for m in spec.machines():
-            pid = state.launcher_pids.get(m.name) if state else None
-            running = pid is not None and system.pid_alive(pid)
+            running = state is not None and machines.is_launcher(state.launcher_pids.get(m.name), m.name)
             rows.append(
                 {
                     "name": m.name,
@@ -309,7 +306,7 @@ class LocalCloud:
                     "memory_mib": round(machines.rss_bytes(m) / 2**20, 1) if running else 0.0,
                 }
             )
-        s3_up = bool(state and state.s3_pid and system.pid_alive(state.s3_pid))
+        s3_up = state is not None and s3server.is_server(state.s3_pid, spec.name)
         return {
             "name": spec.name,
             "up": state is not None,

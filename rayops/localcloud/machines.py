@@ -122,6 +122,18 @@ def launcher_pids(spec: CloudSpec, machine: str | None = None) -> list[int]:
     return system.find_pids(match)
 
 
+def is_launcher(pid: int | None, name: str) -> bool:
+    """Whether ``pid`` is alive and is the launcher of machine ``name``: its nspawn, or the shell that execs
+    it. A pid from the state file may belong to another process by now (pids are reused; this
+    host's pid_max is 32768), and must then be neither signalled nor taken for a running machine."""
+    if pid is None or not system.pid_alive(pid):
+        return False
+    argv = system.cmdline(pid)
+    if argv[:1] == ["sh"] and len(argv) == 3:
+        return f" --machine={name} " in argv[2]
+    return bool(argv) and argv[0].endswith("systemd-nspawn") and f"--machine={name}" in argv
+
+
 def running_names(spec: CloudSpec) -> set[str]:
     """The names of this cloud's machines that have a running launcher."""
     names = set()
@@ -132,8 +144,8 @@ def running_names(spec: CloudSpec) -> set[str]:
 
 def stop(spec: CloudSpec, m: Machine, pid: int | None, timeout: float = 20.0) -> None:
     """Orderly poweroff (SIGTERM to nspawn), then SIGKILL whatever is left in the machine's cgroups."""
-    pids = [p for p in [pid, *launcher_pids(spec, m.name)] if p is not None and system.pid_alive(p)]
-    for p in set(pids):
+    pids = [p for p in {*launcher_pids(spec, m.name), pid or 0} if is_launcher(p, m.name)]
+    for p in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGTERM)  # nspawn turns this into an orderly poweroff of the machine
     system.wait_gone(pids, timeout, interval=0.2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from rayops.localcloud import image, system
+from rayops.localcloud import image, machines
 from rayops.localcloud.errors import LocalCloudError
 from rayops.localcloud.state import CloudSpec, Machine
 
@@ -50,7 +50,7 @@ def wait_ready(spec: CloudSpec, m: Machine, launcher_pid: int) -> None:
     deadline = time.monotonic() + BOOT_TIMEOUT_S
     last = "no answer"
     while time.monotonic() < deadline:
-        if not system.pid_alive(launcher_pid):
+        if not machines.is_launcher(launcher_pid, m.name):
             tail = (spec.logs_dir / f"{m.name}.log").read_text(errors="replace")
             raise LocalCloudError(
                 f"machine {m.name} exited while booting: {tail.strip().splitlines()[-1:] or 'no log'}"

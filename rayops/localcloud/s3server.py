@@ -46,14 +46,26 @@ def start(spec: CloudSpec) -> int:
     return proc.pid
 
 
+def _is_moto(argv: list[str]) -> bool:
+    return any(a.endswith("moto_server") for a in argv[:2])
+
+
+def is_server(pid: int | None, cloud: str) -> bool:
+    """Whether ``pid`` is alive and is the S3 server of ``cloud`` (a pid in a state file may belong to another
+    process by now: pids are reused, and this host's pid_max is 32768)."""
+    return (
+        pid is not None
+        and system.pid_alive(pid)
+        and _is_moto(system.cmdline(pid))
+        and system.environ(pid).get(CLOUD_ENV) == cloud
+    )
+
+
 def server_pids(cloud: str, gateway: str | None) -> list[int]:
     """The S3 servers of ``cloud``: marked with its name, or unmarked on its proven ``gateway``."""
 
-    def is_moto(argv: list[str]) -> bool:
-        return any(a.endswith("moto_server") for a in argv[:2])
-
     found = []
-    for pid in system.find_pids(is_moto):
+    for pid in system.find_pids(_is_moto):
         mark = system.environ(pid).get(CLOUD_ENV)
         if mark == cloud:
             found.append(pid)

@@ -15,9 +15,10 @@ import pytest
 from localcloud_helpers import CLI, alive, cli, leftovers, needs_root, spec_for, stand_in
 
 from rayops import contract
-from rayops.localcloud import image, s3server
+from rayops.localcloud import image, machines, s3server
 from rayops.localcloud.cloud import RUNTIME_ROOT, CloudSpec, LocalCloud
 from rayops.localcloud.errors import LocalCloudError
+from rayops.localcloud.state import CloudState, Machine
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -197,6 +198,39 @@ def test_down_of_a_stale_cloud_spares_what_it_cannot_prove_is_its_own(tmp_path: 
         assert [alive(p) for p in own] == [False, False], "down left a process that carries its name"
     finally:
         for p in others + own:
+            p.kill()
+            p.wait()
+
+
+def test_a_reused_pid_in_the_state_file_is_neither_a_machine_nor_signalled(tmp_path: Path) -> None:
+    """The state file keeps the launcher and S3 pids; a stopped machine's pid may be reused by another process
+    (pid_max is 32768 here, and a CI session wraps it every few minutes). Such a pid must not make
+    start_machine skip the boot ("already running"), status show the machine running, or stop kill it."""
+    spec = spec_for(tmp_path, "rreuse", "10.213.63.0/24", 5663)
+    spec.state_path.mkdir(parents=True)
+    (spec.state_path / "logs").mkdir()
+    worker = "rreuse-worker-1"
+    strangers = [stand_in("python3"), stand_in("moto_server", env={s3server.CLOUD_ENV: "rother"})]
+    launcher = stand_in("systemd-nspawn", "--boot", f"--machine={worker}")
+    # launch()'s shell before it execs nspawn (it waits on stdin here, so it has no child)
+    wrapper = subprocess.Popen(
+        ["sh", "-c", f"read x; exec systemd-nspawn --boot --machine={worker} --register=no"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        CloudState(spec, {"rreuse-head": strangers[0].pid, worker: strangers[0].pid}, strangers[1].pid).save()
+        status = LocalCloud(spec).status()
+        assert [m["state"] for m in status["machines"]] == ["stopped", "stopped"]
+        assert status["s3_endpoint_url"] is None
+        assert machines.is_launcher(launcher.pid, worker)
+        assert machines.is_launcher(wrapper.pid, worker)
+        assert not machines.is_launcher(launcher.pid, "rreuse-worker-11")
+        assert not machines.is_launcher(strangers[0].pid, worker)
+        machines.stop(spec, Machine(worker, "worker", "", spec.name), strangers[0].pid, timeout=0)
+        assert [alive(p) for p in strangers] == [True, True], "stop signalled a process that is not its own"
+        assert launcher.wait(timeout=10) is not None  # stop signalled the machine's own launcher
+    finally:
+        for p in [*strangers, launcher, wrapper]:
             p.kill()
             p.wait()
 
