@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
@@ -31,6 +32,7 @@ __all__ = [
     "ray_session",
     "raylets",
     "recap",
+    "train_worker_machines",
     "wait_head_restarted",
     "wait_healthy",
     "worker_serve",
@@ -270,6 +272,30 @@ def raylets(cluster: RayCluster) -> dict[str, tuple[str, str]]:
         pid = cluster.ssh(worker, "pgrep -x raylet").stdout.split()
         found[worker] = (" ".join(pid), cluster.unit_invocation(worker, "ray-worker"))
     return found
+
+
+# Run on the head as `ray`: the IPs of the nodes that hold an ALIVE Ray Train worker actor, per Ray's state
+# API (a process title on a machine may be a worker of an earlier group that has not exited yet).
+_TRAIN_WORKER_IPS = """
+import json
+from ray.util.state import list_actors, list_nodes
+ips = {n.node_id: n.node_ip for n in list_nodes(limit=1000)}
+alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], limit=1000)
+print(json.dumps(sorted({ips[a.node_id] for a in alive if a.node_id in ips})))
+"""
+
+
+def train_worker_machines(cluster: RayCluster) -> list[str]:
+    """The machines whose Ray node holds an ALIVE Ray Train worker of the running group (workers first)."""
+    code = base64.b64encode(_TRAIN_WORKER_IPS.encode()).decode()
+    out = cluster.ssh(
+        cluster.head,
+        RAY_CLIENT.format(f"echo {code} | base64 -d | timeout 60 /opt/rayops/venv/bin/python -"),
+        timeout=90,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    ips = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    return [name for name in [*cluster.workers, cluster.head] if cluster.cloud.machine(name).ip in ips]
 
 
 def ray_session(cluster: RayCluster) -> str:

@@ -13,6 +13,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from chaos_helpers import (
+    finish,
+    registered_checkpoint,
+    run_metrics,
+    train_zone3,
+    wait_for,
+    zone1_versions,
+    zone3_pointer,
+)
 from cluster_helpers import (
     RAY_CLIENT,
     RayCluster,
@@ -24,13 +33,6 @@ from cluster_helpers import (
     wait_healthy,
     worker_serve,
 )
-from test_chaos_train import _finish as finish
-from test_chaos_train import _metrics as run_metrics
-from test_chaos_train import _registered as registered_checkpoint
-from test_chaos_train import _train as train_zone3
-from test_chaos_train import _versions as zone1_versions
-from test_chaos_train import _wait_for as wait_for
-from test_chaos_train import _zone3_pointer as zone3_pointer
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
