@@ -211,22 +211,22 @@ def is_mountpoint(path: Path) -> bool:
 
 def rmdir_tree(path: Path) -> None:
     """Remove a tree of empty folders (cgroups), deepest first; what is still in use stays."""
-    if not path.exists():
-        return
-    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+    # os.walk skips a folder that vanishes while it is walked (the machine's systemd removes its own groups
+    # while its processes die); pathlib's rglob raised FileNotFoundError there.
+    for dirpath, _dirs, _files in os.walk(path, topdown=False):
         with contextlib.suppress(OSError):
-            sub.rmdir()
-    with contextlib.suppress(OSError):
-        path.rmdir()
+            os.rmdir(dirpath)
 
 
 def cgroup_pids(m: Machine) -> set[int]:
     """Every process of a machine: the pids in its cgroups (all hierarchies, nested groups included)."""
     pids: set[int] = set()
     for cg in m.cgroups():
-        for procs in cg.rglob("cgroup.procs") if cg.exists() else []:
-            with contextlib.suppress(OSError):
-                pids |= {int(p) for p in procs.read_text().split()}
+        # os.walk, not rglob: a group removed while it is walked is skipped (see rmdir_tree)
+        for dirpath, _dirs, files in os.walk(cg):
+            if "cgroup.procs" in files:
+                with contextlib.suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as fh:
+                    pids |= {int(p) for p in fh.read().split()}
     return pids
 
 
