@@ -110,14 +110,18 @@ def write_known_hosts(spec: CloudSpec, machines: list[Machine]) -> None:
     spec.known_hosts_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _nspawn_machines(argv: list[str]) -> list[str]:
+    """The machine names of an nspawn argv; [] for any other process."""
+    if not argv or not argv[0].endswith("systemd-nspawn"):
+        return []
+    return [a.split("=", 1)[1] for a in argv if a.startswith("--machine=")]
+
+
 def launcher_pids(spec: CloudSpec, machine: str | None = None) -> list[int]:
     """Running nspawn launchers of one machine, or of every machine of this cloud (by exact name)."""
 
     def match(argv: list[str]) -> bool:
-        if not argv or not argv[0].endswith("systemd-nspawn"):
-            return False
-        names = [a.split("=", 1)[1] for a in argv if a.startswith("--machine=")]
-        return any(n == machine if machine else spec.owns_machine(n) for n in names)
+        return any(n == machine if machine else spec.owns_machine(n) for n in _nspawn_machines(argv))
 
     return system.find_pids(match)
 
@@ -131,20 +135,20 @@ def is_launcher(pid: int | None, name: str) -> bool:
     argv = system.cmdline(pid)
     if argv[:1] == ["sh"] and len(argv) == 3:
         return f" --machine={name} " in argv[2]
-    return bool(argv) and argv[0].endswith("systemd-nspawn") and f"--machine={name}" in argv
+    return name in _nspawn_machines(argv)
 
 
 def running_names(spec: CloudSpec) -> set[str]:
     """The names of this cloud's machines that have a running launcher."""
     names = set()
     for pid in launcher_pids(spec):
-        names |= {a.split("=", 1)[1] for a in system.cmdline(pid) if a.startswith("--machine=")}
+        names |= set(_nspawn_machines(system.cmdline(pid)))
     return {n for n in names if spec.owns_machine(n)}
 
 
 def stop(spec: CloudSpec, m: Machine, pid: int | None, timeout: float = 20.0) -> None:
     """Orderly poweroff (SIGTERM to nspawn), then SIGKILL whatever is left in the machine's cgroups."""
-    pids = [p for p in {*launcher_pids(spec, m.name), pid or 0} if is_launcher(p, m.name)]
+    pids = [p for p in {*launcher_pids(spec, m.name), pid} if p is not None and is_launcher(p, m.name)]
     for p in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGTERM)  # nspawn turns this into an orderly poweroff of the machine
