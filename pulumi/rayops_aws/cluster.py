@@ -33,12 +33,17 @@ class Node:
     role: str
     instance: aws.ec2.Instance
     host_key: tls.PrivateKey
+    elastic_ip: aws.ec2.Eip | None = None
 
     def contract_entry(self) -> pulumi.Output[dict[str, Any]]:
-        """The node as the stack-output contract describes it (public_ip null when it has none)."""
+        """The node as the stack-output contract describes it (public_ip null when it has none).
+
+        A node with an Elastic IP exports that address: it stays the same when the instance is stopped and
+        started, which gives an instance a new public IP (and the contract a stale one) otherwise."""
+        public_ip = self.elastic_ip.public_ip if self.elastic_ip is not None else self.instance.public_ip
         return pulumi.Output.all(
             self.instance.private_ip,
-            self.instance.public_ip,
+            public_ip,
             self.instance.id,
             self.instance.instance_type,
             self.host_key.public_key_openssh,
@@ -86,10 +91,18 @@ class ClusterArgs:
     spot_workers: bool
     root_volume_size_gb: int
     tags: dict[str, str] = field(default_factory=dict)
+    # The head's Elastic IP is associated once the VPC has its internet gateway (AWS requires it).
+    internet_gateway: pulumi.Resource | None = None
 
 
 class Cluster(pulumi.ComponentResource):
-    """``<cluster>-head`` and ``<cluster>-worker-1`` ... ``<cluster>-worker-N``."""
+    """``<cluster>-head`` and ``<cluster>-worker-1`` ... ``<cluster>-worker-N``.
+
+    The head has an Elastic IP, so a stop and start of the instances keeps every address Ansible uses:
+    the head's public one (the Elastic IP) and the workers' private ones (EC2 keeps a VPC instance's
+    private IP across stop/start), reached through the head (``jump_via_head`` in inventory/aws). The
+    workers' own public IPs (egress only, no NAT gateway) change on a stop/start.
+    """
 
     nodes: list[Node]
     key_name: pulumi.Output[str]
@@ -108,7 +121,18 @@ class Cluster(pulumi.ComponentResource):
             self.key_name = pulumi.Output.from_input(args.key_name)
         else:
             raise ValueError("ClusterArgs needs ssh_public_key or key_name")
-        self.nodes = [self._node(f"{args.cluster_name}-head", HEAD, args, args.subnet_ids[0])]
+        head = self._node(f"{args.cluster_name}-head", HEAD, args, args.subnet_ids[0])
+        elastic_ip = aws.ec2.Eip(
+            f"{args.cluster_name}-head-eip",
+            domain="vpc",
+            instance=head.instance.id,
+            tags={**args.tags, "Name": f"{args.cluster_name}-head"},
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[args.internet_gateway] if args.internet_gateway is not None else None,
+            ),
+        )
+        self.nodes = [Node(head.name, head.role, head.instance, head.host_key, elastic_ip)]
         for index in range(1, args.worker_count + 1):
             subnet_id = args.subnet_ids[index % len(args.subnet_ids)]
             self.nodes.append(self._node(f"{args.cluster_name}-worker-{index}", WORKER, args, subnet_id))

@@ -75,6 +75,7 @@ class Network(pulumi.ComponentResource):
         gateway = aws.ec2.InternetGateway(
             f"{name}-igw", vpc_id=self.vpc.id, tags=tags(f"{name}-igw"), opts=child
         )
+        self.internet_gateway = gateway
         route_table = aws.ec2.RouteTable(
             f"{name}-public-rt",
             vpc_id=self.vpc.id,

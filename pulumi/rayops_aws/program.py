@@ -150,6 +150,7 @@ def build(settings: Settings) -> dict[str, Any]:
             spot_workers=settings.spot_workers,
             root_volume_size_gb=settings.root_volume_size_gb,
             tags=tags,
+            internet_gateway=network.internet_gateway,
         ),
     )
     return {

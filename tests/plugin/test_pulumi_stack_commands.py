@@ -140,7 +140,8 @@ def test_the_aws_inventory_pins_the_stacks_host_keys_through_the_jump(tmp_path):
         "project_dir: ../pulumi\n", ""
     )
     config = tmp_path / "aws.pulumi_stack.yml"
-    config.write_text(text + f"jump_via_head: true\nknown_hosts_dir: {tmp_path / 'kh'}\n", encoding="utf-8")
+    assert "\njump_via_head: true\n" in repo_config, "workers are reached through the head (stable addresses)"
+    config.write_text(text + f"known_hosts_dir: {tmp_path / 'kh'}\n", encoding="utf-8")
     outputs = load_fixture("aws_public.json")
     for node in outputs["nodes"]:
         node["ssh_host_key"] = host_public_key()

@@ -127,6 +127,11 @@ class AwsMocks(pulumi.runtime.Mocks):
             # A node in a subnet without public IPs: the provider reports an empty string.
             state["publicIp"] = f"198.51.100.{host}" if self.public_ips else ""
             state["arn"] = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{resource_id}"
+        elif typ == "aws:ec2/eip:Eip":
+            # An Elastic IP from the documentation range the instances' own public IPs are not in.
+            resource_id = f"eipalloc-{_suffix(name, 17)}"
+            state["publicIp"] = f"203.0.113.{len([r for r in self.resources if r.typ == typ]) + 10}"
+            state["allocationId"] = resource_id
         elif typ == "aws:s3/bucket:Bucket":
             # The provider's auto-name: the logical name plus 7 random hex characters.
             bucket = inputs.get("bucket") or f"{name}-{_suffix(name)}"

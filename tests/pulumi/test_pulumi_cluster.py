@@ -27,6 +27,19 @@ def test_head_plus_worker_count_nodes(run_stack: RunStack, workers: int) -> None
     assert roles == ["head"] + ["worker"] * workers
 
 
+def test_the_head_has_an_elastic_ip_so_a_stop_and_start_keeps_its_address(run_stack: RunStack) -> None:
+    """EC2 gives a stopped and started instance a new public IP, so the contract (and the inventory, and the
+    pinned known_hosts line) would name a stale address; the head's Elastic IP stays. Workers keep their
+    private IPs across a stop/start and are reached through the head (inventory/aws.pulumi_stack.yml)."""
+    run = run_stack({"rayops:workerCount": 2})
+    eip = run.one("aws:ec2/eip:Eip")
+    head = run.named("rayops-dev-head")
+    assert eip.inputs["domain"] == "vpc"
+    assert eip.inputs["instance"] == head.id
+    (exported,) = [n for n in run.outputs["nodes"] if n["role"] == "head"]
+    assert exported["public_ip"] == eip.state["publicIp"] != head.state["publicIp"]
+
+
 def test_two_workers_by_default(run_stack: RunStack) -> None:
     assert len(_instances(run_stack)) == 3
 

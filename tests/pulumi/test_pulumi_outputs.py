@@ -49,18 +49,22 @@ def test_nodes_describe_the_instances(run_stack: RunStack) -> None:
     # Registration order of the instances depends on the engine's scheduling: compare as sets.
     names = [n["name"] for n in run.outputs["nodes"]]
     assert len(names) == len(instances) == 3 and set(names) == set(instances)
+    elastic_ip = run.one("aws:ec2/eip:Eip")
     for node in run.outputs["nodes"]:
         instance = instances[node["name"]]
         assert node["instance_id"] == instance.id
         assert node["private_ip"] == instance.state["privateIp"]
-        assert node["public_ip"] == instance.state["publicIp"]
+        # The head's address is its Elastic IP (it survives a stop/start), the workers' their own.
+        public = elastic_ip.state["publicIp"] if node["role"] == "head" else instance.state["publicIp"]
+        assert node["public_ip"] == public
         assert node["instance_type"] == instance.inputs["instanceType"]
 
 
 def test_a_node_without_public_ip_is_exported_as_null(run_stack: RunStack, mocks: AwsMocks) -> None:
     mocks.public_ips = False
     outputs = run_stack().outputs
-    assert [n["public_ip"] for n in outputs["nodes"]] == [None, None, None]
+    # The head keeps its Elastic IP; workers without a public IP are exported as null.
+    assert [n["public_ip"] for n in outputs["nodes"] if n["role"] == "worker"] == [None, None]
     validate(outputs)
 
 
