@@ -162,6 +162,23 @@ def test_missing_dataset_file_is_one_sentence(ray_cluster: RayCluster) -> None:
     assert "The dataset /nonexistent/power.csv does not exist on this controller" in proc.stdout
 
 
+def test_a_dataset_larger_than_the_cap_is_refused_before_the_copy(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    """Issue 15: a dataset had no size cap, so any file was copied to the head before the workflow could
+    refuse it. train.yml refuses a file larger than the workflow reads (512 MiB) on the controller, in one
+    sentence, before the copy. The file is sparse (no disk used). ~20 s."""
+    big = tmp_path / "powerconsumption.csv"
+    with big.open("wb") as out:
+        out.truncate(513 * 1024 * 1024)
+    proc = ray_cluster.playbook("train.yml", "-e", f"dataset={big}", "-e", "train_run_id=e2e-toolarge")
+    assert proc.returncode != 0
+    out = " ".join(proc.stdout.split())
+    sentence = f"The dataset {big} is 513.0 MiB, more than the workflow reads (512 MiB)"
+    assert sentence in out, proc.stdout[-3000:]
+    assert "copy the dataset to the head" not in proc.stdout and "submit the Ray Job" not in proc.stdout
+
+
 def test_deployed_notebook_runs_on_the_head_with_the_cluster_kernel(
     ray_cluster: RayCluster, first_run: dict[str, Any]
 ) -> None:

@@ -257,3 +257,36 @@ def test_roles_know_no_provider_and_no_repo_layout() -> None:
             if hard in text and "roles/rayops/" not in str(p):
                 offenders.append(f"{p.relative_to(REPO)}: hard-codes {hard}")
     assert offenders == [], offenders
+
+
+def _tasks(node: Any) -> Any:
+    """Every task dict in a play or task file, blocks' own tasks included."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _tasks(item)
+    elif isinstance(node, dict):
+        if "hosts" in node:  # a play
+            for section in ("pre_tasks", "tasks", "post_tasks", "handlers"):
+                yield from _tasks(node.get(section) or [])
+            return
+        yield node
+        for section in ("block", "rescue", "always"):
+            yield from _tasks(node.get(section) or [])
+
+
+def test_every_ray_job_task_runs_as_the_ray_user_with_the_root_owned_venv() -> None:
+    """Issue 15: root ran the ray_job module with the venv's Python, so whatever a job planted in that venv
+    ran as root at the next train.yml. Every ray_job task (in any playbook or role) runs as rayops_user,
+    with the venv's Python (root-owned, read-only for that user: tests/cluster/test_node_security.py)."""
+    files = [*REPO.glob("*.yml"), *REPO.glob("playbooks/**/*.yml"), *REPO.glob("roles/*/tasks/*.yml")]
+    found = []
+    for path in files:
+        for task in _tasks(_yaml(path)):
+            if any(key == "ray_job" or key.endswith(".ray_job") for key in task):
+                found.append((path.relative_to(REPO), task.get("name")))
+                assert task.get("become") is True, (path, task.get("name"))
+                assert task.get("become_user") == "{{ rayops_user }}", (path, task.get("name"))
+                interpreter = (task.get("vars") or {}).get("ansible_python_interpreter", "")
+                assert interpreter.endswith("/bin/python") and "venv" in interpreter, (path, task.get("name"))
+    assert found, "no ray_job task found: the search is broken"
+    assert _yaml(REPO / "roles" / "rayops" / "defaults" / "main.yml")["rayops_user"] == "ray"

@@ -508,3 +508,35 @@ def test_a_resubmission_with_the_same_claim_token_continues_the_lost_run(good_ru
         f"run resub-1 already finished (s3://{b.results}/runs/resub-1/metrics.json exists): nothing to "
         "resume; train again with a new train_run_id"
     )
+
+
+DIES_WRITING_METRICS = """
+import os, sys
+from rayops.workflow import cli, s3
+
+put_json = s3.S3Store.put_json
+
+def put_json_or_die(self, bucket, key, *args, **kwargs):
+    if key.endswith("/metrics.json"):
+        sys.stdout.write("[rayops] test: the driver dies writing " + key + "\\n")
+        sys.stdout.flush()
+        os._exit(137)
+    return put_json(self, bucket, key, *args, **kwargs)
+
+s3.S3Store.put_json = put_json_or_die
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_run_lost_before_its_record_is_written_moves_no_pointer(good_run: Run, s3: Any) -> None:
+    """The run's record (metrics.json) is written before the promotion pointer: a driver lost at that
+    write (here it dies there) leaves current.json on the live model, so no promoted model ever lacks
+    its record, and no run reported FAILED has moved the pointer (once current.json came first)."""
+    b = good_run.buckets
+    before = s3.head_object(Bucket=b.models, Key="zone1/current.json")["VersionId"]
+    lost = rerun(good_run, "order-1", "--live-tolerance", "0.2", program=("-c", DIES_WRITING_METRICS))
+    assert lost.returncode == 137, lost.stdout[-3000:] + lost.stderr[-3000:]
+    assert "[rayops] test: the driver dies writing runs/order-1/metrics.json" in lost.stdout
+    assert "[rayops] evaluate: promote\n" in lost.stdout  # the model would have been promoted
+    assert s3.head_object(Bucket=b.models, Key="zone1/current.json")["VersionId"] == before
+    assert get_json(s3, b.models, "zone1/current.json")["run_id"] != "order-1"
