@@ -31,6 +31,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(NEEDS_ROOT.format(count=count))
 
 
+# The fault and chaos tests print what they measured (seconds to recover, the round a run resumed from, failed
+# requests); pytest keeps a passing test's output to itself, so the figures are repeated in a section of the
+# summary: every `make test` (and CI's log) shows them.
+FIGURE_MODULES = (
+    "tests/cluster/test_chaos_head.py",
+    "tests/cluster/test_chaos_train.py",
+    "tests/cluster/test_serve_heal.py",
+    "tests/cluster/test_faults.py",
+    "tests/workflow/test_training_faults.py",
+    "tests/workflow/test_s3_outage.py",
+)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures the fault and chaos tests printed, one line each, passed or failed."""
+    lines = []
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", None) != "call" or not report.nodeid.startswith(FIGURE_MODULES):
+                continue
+            test = report.nodeid.split("::", 1)[-1]
+            lines += [
+                f"{test} ({outcome}): {line.strip()}"
+                for line in report.capstdout.splitlines()
+                if line.strip()
+            ]
+    if lines:
+        terminalreporter.write_sep("=", "fault and chaos figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
     """A three-machine cloud of its own (name, subnet and port apart from the user's), always removed."""
