@@ -14,7 +14,7 @@ configures the nodes afterwards; the user data holds nothing else.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pulumi
@@ -132,7 +132,7 @@ class Cluster(pulumi.ComponentResource):
                 depends_on=[args.internet_gateway] if args.internet_gateway is not None else None,
             ),
         )
-        self.nodes = [Node(head.name, head.role, head.instance, head.host_key, elastic_ip)]
+        self.nodes = [replace(head, elastic_ip=elastic_ip)]
         for index in range(1, args.worker_count + 1):
             subnet_id = args.subnet_ids[index % len(args.subnet_ids)]
             self.nodes.append(self._node(f"{args.cluster_name}-worker-{index}", WORKER, args, subnet_id))
