@@ -65,10 +65,10 @@ lint: setup ## ruff, mypy, yamllint, ansible-lint
 	$(BIN)/yamllint -s .
 	ANSIBLE_INVENTORY=$(abspath ansible/lint-inventory.yml) ANSIBLE_INVENTORY_ENABLED=yaml PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint
 
+# In lanes (tests/lanes.py): lint; then pytest's unit tier beside Molecule's scenarios; then the machine tier and
+# the fault rows alone. Ends with each lane's time and the 30 slowest tests; logs in .rayops/ci/.
 test: setup ## Run every test (lint, pytest incl. local cloud, faults and end to end, Molecule); needs root
-	$(MAKE) --no-print-directory lint
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory molecule
+	$(BIN)/python tests/lanes.py -- $(PYTEST_ARGS)
 
 # Every role's scenario (1-2 machines each, ~4 min on an idle 2-core host with the wheel cache warm)
 # and the whole-cluster scenario (3 machines), one after another, each on its own local cloud.

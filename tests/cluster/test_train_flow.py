@@ -106,7 +106,8 @@ def test_unknown_target_zone_fails_before_anything_runs(
     proc = ray_cluster.playbook("train.yml", "-e", f"dataset={DATASET}", "-e", "target_zone=4")
     assert proc.returncode != 0
     assert "target_zone must be 1, 2 or 3 (got 4)" in proc.stdout
-    assert "submit the Ray Job" not in proc.stdout
+    # Checked on the controller before train.yml's first node task: nothing deployed, copied or submitted.
+    assert "deploy the workflow package" not in proc.stdout and "submit the Ray Job" not in proc.stdout
 
 
 def test_bad_dataset_fails_with_the_jobs_own_error_and_promotes_nothing(
@@ -132,8 +133,10 @@ def test_bad_dataset_fails_with_the_jobs_own_error_and_promotes_nothing(
     ("extra", "sentence"),
     [
         (
-            ["-e", "train_run_id=x;touch${IFS}/tmp/pwned"],
-            'train_run_id "x;touch${IFS}/tmp/pwned" is not usable as a run id: use 1-64 letters, digits',
+            # The job's unit has PrivateTmp and a read-only system: /var/lib/ray (the Ray user's) is the one
+            # place an injected command could write that root's probe below can see.
+            ["-e", "train_run_id=x;touch${IFS}/var/lib/ray/rayops-pwned"],
+            'train_run_id "x;touch${IFS}/var/lib/ray/rayops-pwned" is not usable as a run id: use 1-64',
         ),
         (
             ["-e", json.dumps({"train_params": {"max_depth": "deep"}})],
@@ -146,14 +149,15 @@ def test_bad_run_id_or_param_is_one_sentence_before_the_job(
     ray_cluster: RayCluster, first_run: dict[str, Any], extra: list[str], sentence: str
 ) -> None:
     """Issue 15: the run id reached the job's shell command unquoted; a word in train_params gave argparse's
-    usage text from the job. Both now stop on the controller, before the copy and the submit. ~25 s each."""
+    usage text from the job. Both now stop on the controller, before any node is touched (train.yml's first
+    play). ~5 s each (~25 s before the checks moved ahead of the package deploy)."""
     proc = ray_cluster.playbook("train.yml", "-e", f"dataset={DATASET}", *extra)
     assert proc.returncode != 0
     out = " ".join(proc.stdout.split())
     assert sentence in out, proc.stdout[-3000:]
     assert "submit the Ray Job" not in proc.stdout and "usage:" not in proc.stdout
-    probe = ray_cluster.ssh(ray_cluster.head, "test ! -e /tmp/pwned")
-    assert probe.returncode == 0
+    probe = ray_cluster.ssh(ray_cluster.head, "test -d /var/lib/ray && test ! -e /var/lib/ray/rayops-pwned")
+    assert probe.returncode == 0, probe.stdout + probe.stderr
 
 
 def test_missing_dataset_file_is_one_sentence(ray_cluster: RayCluster) -> None:

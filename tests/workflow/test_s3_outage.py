@@ -22,6 +22,9 @@ from rayops.workflow import s3
 from rayops.workflow.errors import WorkflowError
 from rayops.workflow.s3 import S3Store
 
+# Timing-sensitive fault rows: `make test` runs them alone (tests/lanes.py, stage 3), not beside Molecule.
+pytestmark = pytest.mark.solo
+
 
 @pytest.fixture
 def paused_endpoint(aws_test_env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
