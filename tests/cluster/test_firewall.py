@@ -14,7 +14,10 @@ import re
 import socket
 import subprocess
 
+import pytest
 from cluster_helpers import RayCluster, recap
+
+pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265

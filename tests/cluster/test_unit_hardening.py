@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from cluster_helpers import RayCluster
 
+pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
+
 # Exposure before the hardening: main at 69fddb3, measured on the local cloud (Debian 12, systemd 252) with
 # `systemd-analyze security UNIT`; rayops-serve's with --offline=yes on its unit as that commit rendered it.
 BASELINE = {
