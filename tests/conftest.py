@@ -66,6 +66,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     Machines need root: a non-root run that selected machine tests fails with one sentence too.
     Skipping them instead made `make test-cluster` as non-root exit 0 having run nothing.
     """
+    both = [item.nodeid for item in items if _is_localcloud(item) and item.get_closest_marker("solo")]
+    if both:
+        raise pytest.UsageError(
+            f"{both[0]} is marked both localcloud and solo: `make test` (tests/lanes.py) would run it in two "
+            "lanes; keep one (solo: a fault row that needs no machines and must run alone)"
+        )
     unmarked = [(item, fixture) for item in items if (fixture := _cloud_fixture(item))]
     if unmarked:
         (item, fixture), others = unmarked[0], len(unmarked) - 1

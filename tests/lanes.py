@@ -1,16 +1,20 @@
-"""`make test` in lanes: what can share the two cores runs at once, the timing-sensitive rows run alone.
+"""`make test` in lanes: what can share the two cores runs at once, the timing-sensitive tests run alone.
 
-    stage 1  lint
-    stage 2  pytest's unit tier (no machines)  ||  Molecule, one scenario after another (own clouds)
-    stage 3  pytest's machine tier (marker localcloud) and the fault rows (marker solo), alone
+    lint       first, alone
+    unit       pytest's unit tier (no machines)                     } at once
+    molecule   every scenario, one after another (each its own cloud) }
+    cluster    pytest's machine tier (marker localcloud), once `unit` ended: the local-cloud tests and the
+               session cluster's boot and site.yml overlap Molecule's last scenarios; the cluster's tests wait
+               until Molecule ended (the gate file RAYOPS_QUIET_GATE, tests/cluster/conftest.py)
+    solo       the timing-sensitive fault rows (marker solo), last and alone
 
 Every lane writes its own log (.rayops/ci/<lane>.log); a lane's log is printed whole when it ends, and a line
 every minute says what each running lane is doing. Every lane runs even when an earlier one failed, so one run
-shows every failure. At the end: the time of each lane and stage, and the 30 slowest tests of all pytest lanes
-(from their JUnit XML), so the CI budget is visible in every run. Exit status 1 when any lane failed.
+shows every failure. At the end: when each lane started and how long it took, and the 30 slowest tests of all
+pytest lanes (from their JUnit XML), so the CI budget is visible in every run. Exit status 1 when any failed.
 
     python tests/lanes.py                 # what `make test` runs
-    python tests/lanes.py --only unit     # one lane (unit, molecule, cluster, lint), e.g. to rerun it
+    python tests/lanes.py --only unit     # one lane (lint, unit, molecule, cluster, solo), e.g. to rerun it
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / ".venv" / "bin"
 LOGS = REPO / ".rayops" / "ci"
+#: Created when the Molecule lane has ended: the cluster lane's tests wait for it (tests/cluster/conftest.py).
+GATE = LOGS / "quiet.gate"
 HEARTBEAT_S = 60.0
 SLOWEST = 30
+NAMES = ("lint", "unit", "molecule", "cluster", "solo")
 
 
 def scenarios() -> list[str]:
@@ -40,12 +47,13 @@ def scenarios() -> list[str]:
 @dataclass
 class Lane:
     name: str
-    stage: int
     commands: list[list[str]]  # run one after another; the lane goes on past a failed one
+    after: tuple[str, ...] = ()  # starts once these lanes ended (those that run at all)
     junit: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
     log: Path = field(init=False)
-    started: float = 0.0
-    seconds: float = 0.0
+    began: float | None = None
+    ended: float | None = None
     steps: list[tuple[str, float, int]] = field(default_factory=list)  # (what, seconds, rc)
     rc: int = 0
 
@@ -55,21 +63,33 @@ class Lane:
 
 def lanes(pytest_args: list[str]) -> list[Lane]:
     pytest = [str(BIN / "pytest"), *pytest_args]
-    molecule = [[str(BIN / "molecule"), "test", "-s", name] for name in scenarios()]
+
+    def junit(name: str) -> Path:
+        return LOGS / f"{name}.xml"
+
     return [
-        Lane("lint", 1, [["make", "--no-print-directory", "lint"]]),
+        Lane("lint", [["make", "--no-print-directory", "lint"]]),
         Lane(
             "unit",
-            2,
-            [[*pytest, "-m", "not localcloud and not solo", f"--junitxml={LOGS / 'unit.xml'}"]],
-            junit=LOGS / "unit.xml",
+            [[*pytest, "-m", "not localcloud and not solo", f"--junitxml={junit('unit')}"]],
+            after=("lint",),
+            junit=junit("unit"),
         ),
-        Lane("molecule", 2, molecule),
+        Lane(
+            "molecule", [[str(BIN / "molecule"), "test", "-s", name] for name in scenarios()], after=("lint",)
+        ),
         Lane(
             "cluster",
-            3,
-            [[*pytest, "-m", "localcloud or solo", f"--junitxml={LOGS / 'cluster.xml'}"]],
-            junit=LOGS / "cluster.xml",
+            [[*pytest, "-m", "localcloud", f"--junitxml={junit('cluster')}"]],
+            after=("unit",),
+            junit=junit("cluster"),
+            env={"RAYOPS_QUIET_GATE": str(GATE)},
+        ),
+        Lane(
+            "solo",
+            [[*pytest, "-m", "solo", f"--junitxml={junit('solo')}"]],
+            after=("unit", "molecule", "cluster"),
+            junit=junit("solo"),
         ),
     ]
 
@@ -81,8 +101,10 @@ def _label(argv: list[str]) -> str:
 
 
 class Runner:
-    def __init__(self) -> None:
+    def __init__(self, chosen: list[Lane]) -> None:
+        self.lanes = chosen
         self.children: list[subprocess.Popen[bytes]] = []
+        self.start = time.monotonic()
 
     def stop(self, signum: int, _frame: object) -> None:
         """SIGTERM/SIGINT: pass it on to every lane's process group (its fixtures tear its clouds down)."""
@@ -91,70 +113,87 @@ class Runner:
                 os.killpg(child.pid, signal.SIGTERM)
         raise SystemExit(128 + signum)
 
-    def run_stage(self, stage: list[Lane]) -> None:
-        """The stage's lanes at once; each lane's commands one after another."""
+    def _ready(self, lane: Lane) -> bool:
+        names = {other.name: other for other in self.lanes}
+        return all(names[dep].ended is not None for dep in lane.after if dep in names)
+
+    def _gate(self) -> None:
+        """The Molecule lane ended (or does not run): the cluster lane's tests may start."""
+        molecule = next((lane for lane in self.lanes if lane.name == "molecule"), None)
+        if (molecule is None or molecule.ended is not None) and not GATE.exists():
+            GATE.write_text("molecule lane ended\n", encoding="utf-8")
+
+    def run(self) -> None:
         env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-        queues = {lane.name: list(lane.commands) for lane in stage}
+        GATE.unlink(missing_ok=True)
+        queues = {lane.name: list(lane.commands) for lane in self.lanes}
         running: dict[str, tuple[subprocess.Popen[bytes], float, list[str]]] = {}
-        handles = {lane.name: lane.log.open("wb") for lane in stage}
-        start = time.monotonic()
-        for lane in stage:
-            lane.started = start
-        next_beat = start + HEARTBEAT_S
+        handles = {}
+        next_beat = time.monotonic() + HEARTBEAT_S
         try:
             while True:
-                for lane in stage:
-                    if lane.name not in running and queues[lane.name]:
-                        argv = queues[lane.name].pop(0)
-                        out = handles[lane.name]
-                        out.write(f"\n=== lanes: {' '.join(argv)}\n".encode())
-                        out.flush()
-                        child = subprocess.Popen(
-                            argv,
-                            cwd=REPO,
-                            env=env,
-                            stdout=out,
-                            stderr=subprocess.STDOUT,
-                            start_new_session=True,
-                        )
-                        self.children.append(child)
-                        running[lane.name] = (child, time.monotonic(), argv)
-                        print(f"lanes: [{lane.name}] started {_label(argv)}", flush=True)
-                for lane in stage:
-                    if lane.name not in running:
+                self._gate()
+                for lane in self.lanes:
+                    if lane.ended is not None or lane.name in running or not self._ready(lane):
                         continue
-                    child, began, argv = running[lane.name]
+                    if lane.began is None:
+                        lane.began = time.monotonic()
+                        handles[lane.name] = lane.log.open("wb")
+                    if not queues[lane.name]:  # a lane with nothing to run
+                        lane.ended = time.monotonic()
+                        continue
+                    argv = queues[lane.name].pop(0)
+                    out = handles[lane.name]
+                    out.write(f"\n=== lanes: {' '.join(argv)}\n".encode())
+                    out.flush()
+                    child = subprocess.Popen(
+                        argv,
+                        cwd=REPO,
+                        env={**env, **lane.env},
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                    self.children.append(child)
+                    running[lane.name] = (child, time.monotonic(), argv)
+                    print(f"lanes: {self._clock()} [{lane.name}] started {_label(argv)}", flush=True)
+                for name, (child, began, argv) in list(running.items()):
                     rc = child.poll()
                     if rc is None:
                         continue
+                    lane = next(lane for lane in self.lanes if lane.name == name)
                     took = time.monotonic() - began
                     lane.steps.append((_label(argv), took, rc))
                     lane.rc = lane.rc or rc
-                    del running[lane.name]
+                    del running[name]
+                    result = "ok" if rc == 0 else f"FAILED (rc {rc})"
                     print(
-                        f"lanes: [{lane.name}] {_label(argv)} {'ok' if rc == 0 else f'FAILED (rc {rc})'} "
-                        f"in {took:.0f} s",
-                        flush=True,
+                        f"lanes: {self._clock()} [{name}] {_label(argv)} {result} in {took:.0f} s", flush=True
                     )
-                    if not queues[lane.name]:
-                        lane.seconds = time.monotonic() - lane.started
-                        handles[lane.name].close()
+                    if not queues[name]:
+                        lane.ended = time.monotonic()
+                        handles[name].close()
                         self.show(lane)
-                if not running and not any(queues.values()):
+                if all(lane.ended is not None for lane in self.lanes):
                     return
                 now = time.monotonic()
                 if now >= next_beat and running:
                     next_beat = now + HEARTBEAT_S
                     for name, (_, began, argv) in running.items():
                         print(
-                            f"lanes: [{name}] {_label(argv)} running for {now - began:.0f} s: "
-                            f"{_last_line(LOGS / f'{name}.log')}",
+                            f"lanes: {self._clock()} [{name}] {_label(argv)} running for "
+                            f"{now - began:.0f} s: {_last_line(LOGS / f'{name}.log')}",
                             flush=True,
                         )
                 time.sleep(1)
         finally:
             for handle in handles.values():
                 handle.close()
+            GATE.unlink(missing_ok=True)
+
+    def _clock(self) -> str:
+        minutes, seconds = divmod(int(time.monotonic() - self.start), 60)
+        return f"{minutes:02d}:{seconds:02d}"
 
     @staticmethod
     def show(lane: Lane) -> None:
@@ -188,19 +227,19 @@ def slowest(lanes_run: list[Lane], count: int = SLOWEST) -> list[tuple[float, st
     return sorted(cases, reverse=True)[:count]
 
 
-def summary(lanes_run: list[Lane], total: float) -> str:
-    lines = ["", "=" * 30 + " lanes: time of each lane and stage " + "=" * 30]
-    lines.append(f"{'stage':<6} {'lane':<10} {'seconds':>8}  result / steps")
-    for stage in sorted({lane.stage for lane in lanes_run}):
-        members = [lane for lane in lanes_run if lane.stage == stage]
-        for lane in members:
-            steps = ", ".join(
-                f"{what} {secs:.0f} s{'' if rc == 0 else ' FAILED'}" for what, secs, rc in lane.steps
-            )
-            result = "ok" if lane.rc == 0 else "FAILED"
-            lines.append(f"{stage:<6} {lane.name:<10} {lane.seconds:>8.0f}  {result}: {steps}")
-        lines.append(f"{stage:<6} {'(stage)':<10} {max(lane.seconds for lane in members):>8.0f}")
-    lines.append(f"{'all':<6} {'':<10} {total:>8.0f}  ({total / 60:.1f} min)")
+def summary(lanes_run: list[Lane], start: float, total: float) -> str:
+    lines = ["", "=" * 30 + " lanes: when each lane ran and how long " + "=" * 30]
+    lines.append(f"{'lane':<10} {'from':>6} {'to':>6} {'seconds':>8}  result: steps")
+    for lane in lanes_run:
+        began = (lane.began or start) - start
+        ended = (lane.ended or start) - start
+        steps = ", ".join(
+            f"{what} {secs:.0f} s{'' if rc == 0 else ' FAILED'}" for what, secs, rc in lane.steps
+        )
+        result = "ok" if lane.rc == 0 else "FAILED"
+        span = f"{began / 60:>5.1f}m {ended / 60:>5.1f}m {ended - began:>8.0f}"
+        lines.append(f"{lane.name:<10} {span}  {result}: {steps}")
+    lines.append(f"{'all':<10} {'':>6} {total / 60:>5.1f}m {total:>8.0f}")
     cases = slowest(lanes_run)
     if cases:
         lines.append("")
@@ -213,23 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--only",
-        action="append",
-        choices=["lint", "unit", "molecule", "cluster"],
-        help="run only this lane (repeatable)",
-    )
+    parser.add_argument("--only", action="append", choices=NAMES, help="run only this lane (repeatable)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
     LOGS.mkdir(parents=True, exist_ok=True)
     chosen = [lane for lane in lanes(args.pytest_args) if not args.only or lane.name in args.only]
-    runner = Runner()
+    runner = Runner(chosen)
     signal.signal(signal.SIGTERM, runner.stop)
     signal.signal(signal.SIGINT, runner.stop)
-    start = time.monotonic()
-    for stage in sorted({lane.stage for lane in chosen}):
-        runner.run_stage([lane for lane in chosen if lane.stage == stage])
-    print(summary(chosen, time.monotonic() - start), flush=True)
+    runner.run()
+    print(summary(chosen, runner.start, time.monotonic() - runner.start), flush=True)
     failed = [lane.name for lane in chosen if lane.rc != 0]
     if failed:
         print(f"lanes: FAILED: {', '.join(failed)} (logs in {LOGS})", flush=True)

@@ -50,6 +50,9 @@ _CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
+    # The nodes have no git (the run's commit comes with --git-sha): without this MLflow's GitPython prints
+    # a 13-line warning three times into every job's output.
+    "GIT_PYTHON_REFRESH": "quiet",
 }
 
 

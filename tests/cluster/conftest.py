@@ -6,6 +6,8 @@ import json
 import os
 import re
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)  # stable: the order inside a module stays
 
 
+# `make test` (tests/lanes.py) starts this session while Molecule's last scenarios still run: the session
+# cluster boots and converges beside them, and its tests (fault bounds, chaos rows, alert timings) wait until
+# the Molecule lane has ended, which the lane runner marks by creating this file. Unset: no wait.
+QUIET_GATE_ENV = "RAYOPS_QUIET_GATE"
+QUIET_GATE_TIMEOUT_S = 3600
+
+
+def wait_for_quiet_host() -> None:
+    """Until the file RAYOPS_QUIET_GATE names exists (at most an hour: the lane runner always creates it)."""
+    gate = os.environ.get(QUIET_GATE_ENV)
+    if not gate or Path(gate).exists():
+        return
+    start = time.monotonic()
+    _say(f"cluster tests: waiting for the Molecule lane to end ({gate}) before the first test")
+    while not Path(gate).exists():
+        if time.monotonic() - start > QUIET_GATE_TIMEOUT_S:
+            pytest.fail(
+                f"the Molecule lane did not end within {QUIET_GATE_TIMEOUT_S} s ({gate} was never created): "
+                f"see .rayops/ci/molecule.log, or unset {QUIET_GATE_ENV} to run without waiting",
+                pytrace=False,
+            )
+        time.sleep(5)
+    _say(f"cluster tests: the Molecule lane ended; waited {time.monotonic() - start:.0f} s")
+
+
+def _say(line: str) -> None:
+    """To the terminal (the lane's log) past pytest's capture."""
+    stream = sys.__stderr__
+    if stream is not None:
+        stream.write(f"\n{line}\n")
+        stream.flush()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
     """Three machines of its own (name, subnet and port apart from every other cloud), site.yml applied.
@@ -63,6 +98,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         cluster = RayCluster(cloud, inventory)
         site = cluster.playbook("site.yml")
         assert site.returncode == 0, f"site.yml failed:\n{site.stdout[-4000:]}\n{site.stderr[-2000:]}"
+        wait_for_quiet_host()
         yield cluster
     finally:
         cloud.down()

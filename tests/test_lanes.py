@@ -1,0 +1,90 @@
+"""`make test`'s lanes (tests/lanes.py): every test runs in exactly one pytest lane, the order and the gate
+hold, and the closing table reads the lanes' JUnit reports. No machines, <1 s."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import lanes  # tests/lanes.py, the script beside this file (tests/ is on sys.path)
+import pytest
+from _pytest.mark.expression import Expression
+
+pytest_plugins = ["pytester"]
+
+MARKERS = ("localcloud", "solo", "slow")
+
+
+def _marker_expression(lane: lanes.Lane) -> str:
+    argv = lane.commands[0]
+    return argv[argv.index("-m") + 1]
+
+
+def _pytest_lanes() -> list[lanes.Lane]:
+    return [lane for lane in lanes.lanes([]) if lane.junit is not None]
+
+
+@pytest.mark.parametrize(
+    "marks",
+    # Every combination but localcloud+solo, which the collection refuses (the next test).
+    [
+        set(c)
+        for n in range(len(MARKERS) + 1)
+        for c in itertools.combinations(MARKERS, n)
+        if not {"localcloud", "solo"} <= set(c)
+    ],
+    ids=lambda marks: "+".join(sorted(marks)) or "unmarked",
+)
+def test_every_test_runs_in_exactly_one_pytest_lane(marks: set[str]) -> None:
+    selecting = [
+        lane.name
+        for lane in _pytest_lanes()
+        if Expression.compile(_marker_expression(lane)).evaluate(lambda name, **_: name in marks)
+    ]
+    assert len(selecting) == 1, (marks, selecting)
+
+
+def test_a_test_marked_localcloud_and_solo_is_refused(pytester: pytest.Pytester) -> None:
+    """The one combination no lane partition covers (it would run twice) stops the run in one sentence."""
+    conftest = Path(__file__).with_name("conftest.py")
+    pytester.makeconftest(conftest.read_text(encoding="utf-8"))
+    pytester.makeini("[pytest]\nmarkers =\n    localcloud: m\n    solo: m\n    slow: m\n")
+    pytester.makepyfile(
+        "import pytest\n\n@pytest.mark.localcloud\n@pytest.mark.solo\ndef test_both():\n    pass\n"
+    )
+    result = pytester.runpytest_subprocess("--collect-only", "-q")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*test_both is marked both localcloud and solo*"])
+
+
+def test_cluster_starts_after_unit_and_solo_runs_last_alone() -> None:
+    by_name = {lane.name: lane for lane in lanes.lanes([])}
+    assert set(by_name) == set(lanes.NAMES)
+    assert by_name["cluster"].after == ("unit",)
+    assert set(by_name["solo"].after) == {"unit", "molecule", "cluster"}
+    assert by_name["cluster"].env == {"RAYOPS_QUIET_GATE": str(lanes.GATE)}
+    # Molecule runs every scenario, one after another.
+    assert [argv[-1] for argv in by_name["molecule"].commands] == lanes.scenarios()
+    assert "cluster" in lanes.scenarios() and "shared" not in lanes.scenarios()
+
+
+def test_the_table_lists_the_slowest_tests_of_every_pytest_lane(tmp_path: Path) -> None:
+    unit, cluster = (lanes.Lane(name, [], junit=tmp_path / f"{name}.xml") for name in ("unit", "cluster"))
+    assert unit.junit and cluster.junit
+    unit.junit.write_text(
+        '<testsuites><testsuite><testcase classname="tests.a" name="fast" time="0.5"/>'
+        '<testcase classname="tests.a" name="slow" time="42.0"/></testsuite></testsuites>'
+    )
+    cluster.junit.write_text(
+        '<testsuite><testcase classname="tests.b" name="boot" time="300.25"/></testsuite>'
+    )
+    assert lanes.slowest([unit, cluster], count=2) == [
+        (300.25, "cluster", "tests.b::boot"),
+        (42.0, "unit", "tests.a::slow"),
+    ]
+    unit.began, unit.ended, unit.steps = 0.0, 60.0, [("pytest", 60.0, 0)]
+    cluster.began, cluster.ended, cluster.steps, cluster.rc = 60.0, 420.0, [("pytest", 360.0, 1)], 1
+    table = lanes.summary([unit, cluster], start=0.0, total=420.0)
+    assert "unit         0.0m   1.0m       60  ok: pytest 60 s" in table
+    assert "cluster      1.0m   7.0m      360  FAILED: pytest 360 s FAILED" in table
+    assert "300.2 s  [cluster] tests.b::boot" in table
