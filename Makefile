@@ -12,7 +12,7 @@ STAMP := $(VENV)/.rayops-setup
 PROMETHEUS_UPSTREAM := 2.42.0+ds-
 PROMTOOL_DIR := .rayops/cache/prometheus
 PROMTOOL := $(PROMTOOL_DIR)/usr/bin/promtool
-APT_PACKAGES := systemd-container debootstrap iptables iproute2 openssh-client chromium chromium-driver nftables
+APT_PACKAGES := python3-venv systemd-container debootstrap iptables iproute2 openssh-client chromium chromium-driver nftables
 
 # Local cloud knobs (see README): make local-up WORKERS=3 SUBNET=10.213.8.0/24 S3_PORT=5600 RELEASE=bullseye
 WORKERS ?= 2

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ LOGS = REPO / ".rayops" / "ci"
 #: Created when the Molecule lane has ended: the cluster lane's tests wait for it (tests/cluster/conftest.py).
 GATE = LOGS / "quiet.gate"
 HEARTBEAT_S = 60.0
+STOP_GRACE_S = 300.0  # a stopped run's clouds: pytest's and Molecule's teardown take up to minutes
 SLOWEST = 30
 NAMES = ("lint", "unit", "molecule", "cluster", "solo")
 
@@ -107,9 +109,16 @@ class Runner:
         self.start = time.monotonic()
 
     def stop(self, signum: int, _frame: object) -> None:
-        """SIGTERM/SIGINT: pass it on to every lane's process group (its fixtures tear its clouds down)."""
-        for child in self.children:
-            if child.poll() is None:
+        """SIGTERM/SIGINT: interrupt every lane's process group as Ctrl-C would (pytest and Molecule then tear
+        their clouds down), wait for them up to STOP_GRACE_S, then terminate what is left."""
+        live = [child for child in self.children if child.poll() is None]
+        for child in live:
+            os.killpg(child.pid, signal.SIGINT)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in live:
+            try:
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 os.killpg(child.pid, signal.SIGTERM)
         raise SystemExit(128 + signum)
 
@@ -201,13 +210,19 @@ class Runner:
         print(f"\n{'=' * 30} lane {lane.name}: log {lane.log} {'=' * 30}\n{text}", flush=True)
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _last_line(log: Path) -> str:
+    """The log's last line that says something: no colours, Molecule's frame or Ansible's rulers of `*`."""
     try:
         with log.open("rb") as handle:
-            handle.seek(max(0, log.stat().st_size - 4096))
-            lines = [line for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
+            handle.seek(max(0, log.stat().st_size - 16384))
+            text = ANSI.sub("", handle.read().decode(errors="replace"))
     except OSError:
         return ""
+    lines = [line.strip(" │*\t") for line in text.splitlines()]
+    lines = [line for line in lines if any(ch.isalnum() for ch in line)]
     return lines[-1][:150] if lines else ""
 
 

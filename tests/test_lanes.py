@@ -88,3 +88,13 @@ def test_the_table_lists_the_slowest_tests_of_every_pytest_lane(tmp_path: Path) 
     assert "unit         0.0m   1.0m       60  ok: pytest 60 s" in table
     assert "cluster      1.0m   7.0m      360  FAILED: pytest 360 s FAILED" in table
     assert "300.2 s  [cluster] tests.b::boot" in table
+
+
+def test_the_progress_line_is_the_last_line_that_says_something(tmp_path: Path) -> None:
+    log = tmp_path / "molecule.log"
+    log.write_text(
+        "TASK [ray_node : Ray node | Install the venv] ***********\n"
+        "  \x1b[2m│\x1b[0m   ************************\n\n"
+    )
+    assert lanes._last_line(log) == "TASK [ray_node : Ray node | Install the venv]"
+    assert lanes._last_line(tmp_path / "missing.log") == ""

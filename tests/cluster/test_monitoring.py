@@ -25,7 +25,6 @@ GRAFANA = yaml.safe_load((REPO / "roles" / "grafana" / "defaults" / "main.yml").
 RAYOPS_DASHBOARD = REPO / "roles" / "grafana" / "files" / "dashboards" / "rayops_model.json"
 # Serve's and the model's panels need serving traffic: tests/cluster/test_serve.py (issue 12) makes it
 # and runs before this file once it exists.
-SERVE_TESTS = REPO / "tests" / "cluster" / "test_serve.py"
 
 
 def _seconds(duration: str) -> int:
@@ -332,29 +331,19 @@ def test_every_panel_of_the_shipped_dashboards_returns_data(
     assert "SUCCEEDED" in first_run["_play_output"]  # the job the exporter saw
 
 
-def _exports_model_metrics() -> bool:
-    """Whether the serving app exports the model-quality metrics (issue 13, item 4) the model row shows."""
-    code = SERVE_TESTS.parent.parent.parent / "rayops" / "serving"
-    return any("feature_drift_psi" in p.read_text(encoding="utf-8") for p in code.glob("*.py"))
-
-
-@pytest.mark.skipif(
-    not SERVE_TESTS.is_file(), reason="no serving traffic: tests/cluster/test_serve.py is not here yet"
-)
 def test_every_serving_panel_returns_data_after_serving_traffic(
     ray_cluster: RayCluster, tunnel: dict[str, int]
 ) -> None:
-    """rayops's Serve row after test_serve's traffic (asserted); the model row too once the serving app
-    exports the model metrics (ray_rayops_*); Ray's Serve dashboards too, but for the panels
-    SERVE_MAY_BE_EMPTY names (each with the reason it may be empty)."""
+    """rayops's Serve row and model row (ray_rayops_*) after test_serve's and test_model_quality's traffic;
+    Ray's Serve dashboards too, but for the panels SERVE_MAY_BE_EMPTY names (each with the reason it may be
+    empty). Neither row is left out any more on a guess at the source (a grep for the model metrics, a
+    skip while test_serve.py did not exist)."""
     port = tunnel["prometheus"]
     ours = json.loads(RAYOPS_DASHBOARD.read_text(encoding="utf-8"))
     serving = [p for p in _panels(ours) if any("ray_serve_" in t["expr"] for t in p["targets"])]
     model = [p for p in _panels(ours) if any("ray_rayops_" in t["expr"] for t in p["targets"])]
     assert serving and model
-    assert (
-        _empty_panels(port, {**ours, "panels": serving + (model if _exports_model_metrics() else [])}) == []
-    )
+    assert _empty_panels(port, {**ours, "panels": serving + model}) == []
     unexpected = {}
     for name in GRAFANA["grafana_ray_dashboards"]:
         if name != "default":

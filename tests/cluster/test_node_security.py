@@ -110,10 +110,15 @@ def test_another_local_user_cannot_read_a_jobs_logs(ray_cluster: RayCluster) -> 
         out = ray_cluster.ssh(ray_cluster.head, _as(OTHER_USER, attempt))
         assert out.returncode != 0 and marker not in out.stdout, f"as {OTHER_USER}: {attempt}: {out.stdout}"
         assert "Permission denied" in out.stderr, out.stderr
-    # No Ray session of this cluster in the world-readable /tmp (Ray makes its folders 0777 there).
+    # No Ray session of this cluster in a /tmp (Ray makes its folders 0777 there): neither the node's nor the
+    # private /tmp systemd gives each hardened unit (PrivateTmp), which is where a Ray that ignored --temp-dir
+    # would have put it; root's own /tmp alone could never show that.
     for node in _nodes(ray_cluster):
         mode = ray_cluster.ssh(
-            node, f"stat -c '%a %U' {PRIVATE}; ls -d /tmp/ray/session_* 2>/dev/null | wc -l"
+            node,
+            f"stat -c '%a %U' {PRIVATE}; "
+            "ls -d /tmp/ray/session_* /tmp/systemd-private-*/tmp/ray/session_* /var/tmp/ray/session_* "
+            "2>/dev/null | wc -l",
         )
         assert mode.stdout.split() == ["700", "ray", "0"], f"{node}: {mode.stdout}"
 
