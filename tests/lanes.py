@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,8 @@ BIN = REPO / ".venv" / "bin"
 LOGS = REPO / ".rayops" / "ci"
 #: Created when the Molecule lane has ended: the cluster lane's tests wait for it (tests/cluster/conftest.py).
 GATE = LOGS / "quiet.gate"
+GATE_ENV = "RAYOPS_QUIET_GATE"
+GATE_TIMEOUT_S = 3600.0
 HEARTBEAT_S = 60.0
 STOP_GRACE_S = 300.0  # a stopped run's clouds: pytest's and Molecule's teardown take up to minutes
 SLOWEST = 30
@@ -85,7 +88,7 @@ def lanes(pytest_args: list[str]) -> list[Lane]:
             [[*pytest, "-m", "localcloud", f"--junitxml={junit('cluster')}"]],
             after=("unit",),
             junit=junit("cluster"),
-            env={"RAYOPS_QUIET_GATE": str(GATE)},
+            env={GATE_ENV: str(GATE)},
         ),
         Lane(
             "solo",
@@ -94,6 +97,30 @@ def lanes(pytest_args: list[str]) -> list[Lane]:
             junit=junit("solo"),
         ),
     ]
+
+
+def wait_for_gate(
+    say: Callable[[str], None], timeout_s: float = GATE_TIMEOUT_S, poll_s: float = 5.0
+) -> float | None:
+    """Until the file RAYOPS_QUIET_GATE names exists: the seconds waited, None when no gate is set (a run
+    outside `make test`). TimeoutError after ``timeout_s`` (the lane runner always creates the file)."""
+    gate = os.environ.get(GATE_ENV)
+    if not gate:
+        return None
+    start = time.monotonic()
+    if Path(gate).exists():
+        return 0.0
+    say(f"cluster tests: waiting for the Molecule lane to end ({gate}) before the first test")
+    while not Path(gate).exists():
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(
+                f"the Molecule lane did not end within {timeout_s:.0f} s ({gate} was never created): "
+                f"see .rayops/ci/molecule.log, or unset {GATE_ENV} to run without waiting"
+            )
+        time.sleep(poll_s)
+    waited = time.monotonic() - start
+    say(f"cluster tests: the Molecule lane ended; waited {waited:.0f} s")
+    return waited
 
 
 def _label(argv: list[str]) -> str:

@@ -4,6 +4,7 @@ hold, and the closing table reads the lanes' JUnit reports. No machines, <1 s.""
 from __future__ import annotations
 
 import itertools
+import threading
 from pathlib import Path
 
 import lanes  # tests/lanes.py, the script beside this file (tests/ is on sys.path)
@@ -62,7 +63,8 @@ def test_cluster_starts_after_unit_and_solo_runs_last_alone() -> None:
     assert set(by_name) == set(lanes.NAMES)
     assert by_name["cluster"].after == ("unit",)
     assert set(by_name["solo"].after) == {"unit", "molecule", "cluster"}
-    assert by_name["cluster"].env == {"RAYOPS_QUIET_GATE": str(lanes.GATE)}
+    assert lanes.GATE_ENV == "RAYOPS_QUIET_GATE"
+    assert by_name["cluster"].env == {lanes.GATE_ENV: str(lanes.GATE)}
     # Molecule runs every scenario, one after another.
     assert [argv[-1] for argv in by_name["molecule"].commands] == lanes.scenarios()
     assert "cluster" in lanes.scenarios() and "shared" not in lanes.scenarios()
@@ -98,3 +100,29 @@ def test_the_progress_line_is_the_last_line_that_says_something(tmp_path: Path) 
     )
     assert lanes._last_line(log) == "TASK [ray_node : Ray node | Install the venv]"
     assert lanes._last_line(tmp_path / "missing.log") == ""
+
+
+def test_the_gate_waits_for_its_file_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    said: list[str] = []
+    monkeypatch.delenv(lanes.GATE_ENV, raising=False)
+    assert lanes.wait_for_gate(said.append) is None and said == []  # outside `make test`: no wait
+    gate = tmp_path / "quiet.gate"
+    monkeypatch.setenv(lanes.GATE_ENV, str(gate))
+    opener = threading.Timer(0.3, gate.write_text, args=("molecule lane ended\n",))
+    opener.start()
+    try:
+        waited = lanes.wait_for_gate(said.append, poll_s=0.05)
+    finally:
+        opener.cancel()
+    assert waited is not None and waited >= 0.25
+    assert said[0].startswith("cluster tests: waiting for the Molecule lane to end") and len(said) == 2
+    assert lanes.wait_for_gate(said.append) == 0.0  # open already: no wait, nothing said
+    assert len(said) == 2
+
+
+def test_a_gate_that_never_opens_fails_in_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(lanes.GATE_ENV, str(tmp_path / "never.gate"))
+    with pytest.raises(TimeoutError, match=r"the Molecule lane did not end within 0 s .*molecule\.log"):
+        lanes.wait_for_gate(lambda _: None, timeout_s=0.1, poll_s=0.05)

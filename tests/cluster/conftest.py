@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lanes  # tests/lanes.py: the gate `make test` opens when Molecule has ended
 import pytest
 from cluster_helpers import DATASET, REPO, RayCluster, ServeApi, open_tunnel
 
@@ -49,39 +50,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # `make test` (tests/lanes.py) starts this session while Molecule's last scenarios still run: the session
 # cluster boots and converges beside them, and its tests (fault bounds, chaos rows, alert timings) wait until
-# the Molecule lane has ended, which the lane runner marks by creating this file. Unset: no wait.
-QUIET_GATE_ENV = "RAYOPS_QUIET_GATE"
-QUIET_GATE_TIMEOUT_S = 3600
+# the Molecule lane has ended, which the lane runner marks by creating the file RAYOPS_QUIET_GATE names.
+# Unset (`make test-cluster`, pytest by hand): no wait.
+def wait_for_quiet_host(config: pytest.Config) -> None:
+    capture = config.pluginmanager.getplugin("capturemanager")
 
+    def say(line: str) -> None:  # past pytest's capture: the lane's log shows why the lane stands still
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            sys.stdout.write(f"\n{line}\n")
+            sys.stdout.flush()
 
-def wait_for_quiet_host() -> None:
-    """Until the file RAYOPS_QUIET_GATE names exists (at most an hour: the lane runner always creates it)."""
-    gate = os.environ.get(QUIET_GATE_ENV)
-    if not gate or Path(gate).exists():
-        return
-    start = time.monotonic()
-    _say(f"cluster tests: waiting for the Molecule lane to end ({gate}) before the first test")
-    while not Path(gate).exists():
-        if time.monotonic() - start > QUIET_GATE_TIMEOUT_S:
-            pytest.fail(
-                f"the Molecule lane did not end within {QUIET_GATE_TIMEOUT_S} s ({gate} was never created): "
-                f"see .rayops/ci/molecule.log, or unset {QUIET_GATE_ENV} to run without waiting",
-                pytrace=False,
-            )
-        time.sleep(5)
-    _say(f"cluster tests: the Molecule lane ended; waited {time.monotonic() - start:.0f} s")
-
-
-def _say(line: str) -> None:
-    """To the terminal (the lane's log) past pytest's capture."""
-    stream = sys.__stderr__
-    if stream is not None:
-        stream.write(f"\n{line}\n")
-        stream.flush()
+    try:
+        lanes.wait_for_gate(say)
+    except TimeoutError as error:
+        pytest.fail(str(error), pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+def ray_cluster(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[RayCluster]:
     """Three machines of its own (name, subnet and port apart from every other cloud), site.yml applied.
 
     One per session: the fault tests leave it healthy, and the training tests run on it after them.
@@ -98,7 +86,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         cluster = RayCluster(cloud, inventory)
         site = cluster.playbook("site.yml")
         assert site.returncode == 0, f"site.yml failed:\n{site.stdout[-4000:]}\n{site.stderr[-2000:]}"
-        wait_for_quiet_host()
+        wait_for_quiet_host(pytestconfig)
         yield cluster
     finally:
         cloud.down()
