@@ -18,17 +18,21 @@ from cluster_helpers import DATASET, REPO, RayCluster, ServeApi, open_tunnel
 
 from rayops.localcloud.cloud import CloudSpec, LocalCloud
 
-# The session cluster's modules in this order: faults first (they leave it healthy), then the checks of the
-# converged cluster, then what builds on a trained model: train.yml, tracking, serving, and monitoring last
-# (its dashboards need serving traffic). Modules not named run before these, in pytest's order.
+# The session cluster's modules in this order: the quiet checks of the converged cluster and train.yml,
+# then the faults (they leave it healthy), then what builds on trained models: tracking, serving, monitoring
+# (its dashboards need serving traffic), the head's chaos at the very end. Modules not named run first.
 MODULE_ORDER = (
-    "test_faults",
+    # Quiet checks first (no bound that a loaded host could miss): under `make test` they run while Molecule's
+    # last scenarios still run (tests/lanes.py); their relative order is the one they always had.
     "test_firewall",
     "test_security",
-    "test_node_security",  # issue 15: venv, Ray's files, metadata service, Jupyter terminals
     "test_tools",
     "test_browser",
     "test_train_flow",
+    # From here on, under `make test`, only once Molecule has ended (GATED_FROM): fault bounds, chaos rows,
+    # alert timings, rollouts under load. The faults leave the cluster healthy for what follows.
+    "test_faults",
+    "test_node_security",  # issue 15: venv, Ray's files, metadata service (a 1 s wait), Jupyter terminals
     "test_chaos_train",  # issue 16: training faults, zone 3 only; leaves 3 nodes alive and S3 running
     "test_mlflow",
     "test_serve",
@@ -38,6 +42,7 @@ MODULE_ORDER = (
     "test_chaos_head",  # issue 16: GCS killed, head rebooted, head disk full (the same cluster after each)
     "test_serve_heal",  # the head's Ray restarted under Serve load on a worker's proxy
 )
+GATED_FROM = "test_faults"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -49,8 +54,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # `make test` (tests/lanes.py) starts this session while Molecule's last scenarios still run: the session
-# cluster boots and converges beside them, and its tests (fault bounds, chaos rows, alert timings) wait until
-# the Molecule lane has ended, which the lane runner marks by creating the file RAYOPS_QUIET_GATE names.
+# cluster boots and converges beside them and the quiet modules run; the modules from GATED_FROM on (fault
+# bounds, chaos rows, alert timings) wait until the Molecule lane has ended, which the lane runner marks by
+# creating the file RAYOPS_QUIET_GATE names.
 # Unset (`make test-cluster`, pytest by hand): no wait.
 def wait_for_quiet_host(config: pytest.Config) -> None:
     capture = config.pluginmanager.getplugin("capturemanager")
@@ -68,7 +74,7 @@ def wait_for_quiet_host(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def ray_cluster(
-    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RayCluster]:
     """Three machines of its own (name, subnet and port apart from every other cloud), site.yml applied.
 
@@ -86,10 +92,17 @@ def ray_cluster(
         cluster = RayCluster(cloud, inventory)
         site = cluster.playbook("site.yml")
         assert site.returncode == 0, f"site.yml failed:\n{site.stdout[-4000:]}\n{site.stderr[-2000:]}"
-        wait_for_quiet_host(pytestconfig)
         yield cluster
     finally:
         cloud.down()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet_host_for_timed_modules(request: pytest.FixtureRequest) -> None:
+    """The modules from GATED_FROM on wait for Molecule's end under `make test` (no-op elsewhere)."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    if name in MODULE_ORDER and MODULE_ORDER.index(name) >= MODULE_ORDER.index(GATED_FROM):
+        wait_for_quiet_host(request.config)
 
 
 @pytest.fixture(scope="session")
