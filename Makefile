@@ -65,8 +65,9 @@ lint: setup ## ruff, mypy, yamllint, ansible-lint
 	$(BIN)/yamllint -s .
 	ANSIBLE_INVENTORY=$(abspath ansible/lint-inventory.yml) ANSIBLE_INVENTORY_ENABLED=yaml PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint
 
-# In lanes (tests/lanes.py): lint; then pytest's unit tier beside Molecule's scenarios; then the machine tier and
-# the fault rows alone. Ends with each lane's time and the 30 slowest tests; logs in .rayops/ci/.
+# In lanes (tests/lanes.py): lint; pytest's unit tier beside Molecule's scenarios; the machine tier once the unit
+# tier ended (its timed modules wait for Molecule); the fault rows last, alone. Ends with each lane's time and
+# the 30 slowest tests; logs in .rayops/ci/.
 test: setup ## Run every test (lint, pytest incl. local cloud, faults and end to end, Molecule); needs root
 	$(BIN)/python tests/lanes.py -- $(PYTEST_ARGS)
 

@@ -4,8 +4,9 @@
     unit       pytest's unit tier (no machines)                     } at once
     molecule   every scenario, one after another (each its own cloud) }
     cluster    pytest's machine tier (marker localcloud), once `unit` ended: the local-cloud tests and the
-               session cluster's boot and site.yml overlap Molecule's last scenarios; the cluster's tests wait
-               until Molecule ended (the gate file RAYOPS_QUIET_GATE, tests/cluster/conftest.py)
+               session cluster's boot, site.yml and quiet modules overlap Molecule's last scenarios; the
+               modules from test_faults on wait until Molecule ended (the gate file RAYOPS_QUIET_GATE,
+               tests/cluster/conftest.py GATED_FROM)
     solo       the timing-sensitive fault rows (marker solo), last and alone
 
 Every lane writes its own log (.rayops/ci/<lane>.log); a lane's log is printed whole when it ends, and a line

@@ -73,9 +73,7 @@ def wait_for_quiet_host(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[RayCluster]:
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
     """Three machines of its own (name, subnet and port apart from every other cloud), site.yml applied.
 
     One per session: the fault tests leave it healthy, and the training tests run on it after them.
