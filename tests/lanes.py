@@ -2,7 +2,8 @@
 
     lint       first, alone
     unit       pytest's unit tier (no machines)                     } at once
-    molecule   every scenario, one after another (each its own cloud) }
+    molecule   every scenario, one after another (each its own cloud), but }
+               the whole-cluster one, which the cluster lane's session runs (IN_SESSION)
     cluster    pytest's machine tier (marker localcloud), once `unit` ended: the local-cloud tests and the
                session cluster's boot, site.yml and quiet modules overlap Molecule's last scenarios; the
                modules from test_faults on wait until Molecule ended (the gate file RAYOPS_QUIET_GATE,
@@ -43,6 +44,11 @@ HEARTBEAT_S = 60.0
 STOP_GRACE_S = 300.0  # a stopped run's clouds: pytest's and Molecule's teardown take up to minutes
 SLOWEST = 30
 NAMES = ("lint", "unit", "molecule", "cluster", "solo")
+# Molecule's scenarios that the cluster lane's pytest session runs instead: its session cluster converges
+# with the whole-cluster scenario's group_vars, its no-change site.yml is the scenario's idempotence and
+# tests/cluster/test_cluster_contract.py runs its verify, so `make test` boots one 3-node cluster, not two.
+# `make molecule` (molecule test --all) still runs every scenario on its own cloud.
+IN_SESSION = ("cluster",)
 
 
 def scenarios() -> list[str]:
@@ -82,7 +88,9 @@ def lanes(pytest_args: list[str]) -> list[Lane]:
             junit=junit("unit"),
         ),
         Lane(
-            "molecule", [[str(BIN / "molecule"), "test", "-s", name] for name in scenarios()], after=("lint",)
+            "molecule",
+            [[str(BIN / "molecule"), "test", "-s", name] for name in scenarios() if name not in IN_SESSION],
+            after=("lint",),
         ),
         Lane(
             "cluster",

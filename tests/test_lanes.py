@@ -65,9 +65,20 @@ def test_cluster_starts_after_unit_and_solo_runs_last_alone() -> None:
     assert set(by_name["solo"].after) == {"unit", "molecule", "cluster"}
     assert lanes.GATE_ENV == "RAYOPS_QUIET_GATE"
     assert by_name["cluster"].env == {lanes.GATE_ENV: str(lanes.GATE)}
-    # Molecule runs every scenario, one after another.
-    assert [argv[-1] for argv in by_name["molecule"].commands] == lanes.scenarios()
+    # Molecule runs every scenario, one after another, but the whole-cluster one: the cluster lane's session
+    # converges with that scenario's group_vars and runs its verify playbook (test_cluster_contract.py).
+    assert [argv[-1] for argv in by_name["molecule"].commands] == [
+        name for name in lanes.scenarios() if name != "cluster"
+    ]
+    assert lanes.IN_SESSION == ("cluster",)
     assert "cluster" in lanes.scenarios() and "shared" not in lanes.scenarios()
+    conftest = (lanes.REPO / "tests" / "cluster" / "conftest.py").read_text(encoding="utf-8")
+    helpers = (lanes.REPO / "tests" / "cluster" / "cluster_helpers.py").read_text(encoding="utf-8")
+    contract = (lanes.REPO / "tests" / "cluster" / "test_cluster_contract.py").read_text(encoding="utf-8")
+    assert 'SESSION_GROUP_VARS = REPO / "molecule" / "cluster" / "inventory" / "group_vars"' in helpers
+    assert '(state / "group_vars").symlink_to(SESSION_GROUP_VARS' in conftest
+    assert 'playbook("molecule/cluster/verify_nodes.yml")' in contract
+    assert (lanes.REPO / "molecule" / "cluster" / "verify_nodes.yml").is_file()
 
 
 def test_the_table_lists_the_slowest_tests_of_every_pytest_lane(tmp_path: Path) -> None:

@@ -17,13 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rayops.ansible_env import BIN, REPO, ansible_env
 from rayops.localcloud.cloud import LocalCloud
 
 __all__ = [
+    "DASHBOARD_PORT",
     "DATASET",
     "RAY_CLIENT",
     "REPO",
+    "SESSION_GROUP_VARS",
+    "VENV",
     "RayCluster",
     "ServeApi",
     "one_row",
@@ -40,6 +45,17 @@ __all__ = [
 
 # The seed lab's dataset: CI runs with ../shared beside the repo.
 DATASET = REPO.parent / "shared" / "data" / "powerconsumption.csv"
+
+# The session cluster runs with the whole-cluster Molecule scenario's variables (a venv and a dashboard port
+# that are not the defaults), so that every playbook the suite runs proves it takes them from the rayops role,
+# and the scenario's converge, idempotence and verify are this session's (test_cluster_contract.py).
+SESSION_GROUP_VARS = REPO / "molecule" / "cluster" / "inventory" / "group_vars"
+_SESSION_VARS: dict[str, Any] = yaml.safe_load((SESSION_GROUP_VARS / "all.yml").read_text(encoding="utf-8"))
+_ROLE_DEFAULTS: dict[str, Any] = yaml.safe_load(
+    (REPO / "roles" / "rayops" / "defaults" / "main.yml").read_text(encoding="utf-8")
+)
+VENV = str(_SESSION_VARS["rayops_venv"]).replace("{{ rayops_base_dir }}", _ROLE_DEFAULTS["rayops_base_dir"])
+DASHBOARD_PORT = int(_SESSION_VARS["rayops_dashboard_port"])
 
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 
@@ -93,7 +109,7 @@ class RayCluster:
         out = self.ssh(
             self.head,
             "sudo -u ray bash -c 'set -a; . /etc/rayops/ray-client.env; set +a; "
-            "timeout 30 /opt/rayops/venv/bin/ray status'",
+            f"timeout 30 {VENV}/bin/ray status'",
             timeout=60,
         )
         if out.returncode != 0:
@@ -290,7 +306,7 @@ def train_worker_machines(cluster: RayCluster) -> list[str]:
     code = base64.b64encode(_TRAIN_WORKER_IPS.encode()).decode()
     out = cluster.ssh(
         cluster.head,
-        RAY_CLIENT.format(f"echo {code} | base64 -d | timeout 60 /opt/rayops/venv/bin/python -"),
+        RAY_CLIENT.format(f"echo {code} | base64 -d | timeout 60 {VENV}/bin/python -"),
         timeout=90,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -322,8 +338,8 @@ def wait_healthy(cluster: RayCluster, deadline_s: float) -> None:
     start = time.monotonic()
     address = f"{cluster.cloud.machine(cluster.head).ip}:6379"
     checks = {
-        "GCS": RAY_CLIENT.format(f"timeout 20 /opt/rayops/venv/bin/ray health-check --address={address}"),
-        "Jobs API": RAY_CLIENT.format("timeout 20 /opt/rayops/venv/bin/ray job list"),
+        "GCS": RAY_CLIENT.format(f"timeout 20 {VENV}/bin/ray health-check --address={address}"),
+        "Jobs API": RAY_CLIENT.format(f"timeout 20 {VENV}/bin/ray job list"),
     }
     for name, check in checks.items():
         while cluster.ssh(cluster.head, check).returncode != 0:

@@ -14,7 +14,15 @@ from typing import Any
 
 import lanes  # tests/lanes.py: the gate `make test` opens when Molecule has ended
 import pytest
-from cluster_helpers import DATASET, REPO, RayCluster, ServeApi, open_tunnel
+from cluster_helpers import (
+    DASHBOARD_PORT,
+    DATASET,
+    REPO,
+    SESSION_GROUP_VARS,
+    RayCluster,
+    ServeApi,
+    open_tunnel,
+)
 
 from rayops.localcloud.cloud import CloudSpec, LocalCloud
 
@@ -24,6 +32,7 @@ from rayops.localcloud.cloud import CloudSpec, LocalCloud
 MODULE_ORDER = (
     # Quiet checks first (no bound that a loaded host could miss): under `make test` they run while Molecule's
     # last scenarios still run (tests/lanes.py); their relative order is the one they always had.
+    "test_cluster_contract",  # Molecule's cluster scenario's verify, on the freshly converged cluster
     "test_firewall",
     "test_security",
     "test_tools",
@@ -74,7 +83,8 @@ def wait_for_quiet_host(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    """Three machines of its own (name, subnet and port apart from every other cloud), site.yml applied.
+    """Three machines of its own (name, subnet and port apart from every other cloud), site.yml applied with
+    the variables of Molecule's cluster scenario (cluster_helpers.SESSION_GROUP_VARS).
 
     One per session: the fault tests leave it healthy, and the training tests run on it after them.
     """
@@ -87,6 +97,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     try:
         inventory = state / "cluster.pulumi_stack.yml"
         inventory.write_text(f"plugin: pulumi_stack\noutputs_file: {cloud.outputs_path.resolve()}\n")
+        # Beside the inventory, Molecule's cluster scenario's group_vars (a venv and a dashboard port of its
+        # own): this session is that scenario's converge, idempotence and verify (test_cluster_contract.py).
+        (state / "group_vars").symlink_to(SESSION_GROUP_VARS, target_is_directory=True)
         cluster = RayCluster(cloud, inventory)
         site = cluster.playbook("site.yml")
         assert site.returncode == 0, f"site.yml failed:\n{site.stdout[-4000:]}\n{site.stderr[-2000:]}"
@@ -142,7 +155,7 @@ def site_output(site_rerun: str) -> str:
 
 # The services site.yml's tunnel forwards, by their port on the head (roles/rayops's defaults).
 TUNNEL_NAMES = {
-    8265: "dashboard",
+    DASHBOARD_PORT: "dashboard",  # the session's (Molecule's cluster scenario's), not 8265
     8888: "jupyterlab",
     8000: "serve",
     9090: "prometheus",
@@ -163,7 +176,9 @@ def tunnel(site_output: str) -> Iterator[dict[str, int]]:
     assert match, site_output[-3000:]
     forwards = re.findall(r"-L (\d+):127\.0\.0\.1:(\d+)", match.group(1))
     assert forwards and all(local == remote for local, remote in forwards), match.group(1)
-    assert int(forwards[0][1]) == 8265, match.group(1)  # the dashboard first: open_tunnel waits for it
+    assert int(forwards[0][1]) == DASHBOARD_PORT, match.group(
+        1
+    )  # the dashboard first: open_tunnel waits for it
     with open_tunnel(match.group(1), [int(remote) for _, remote in forwards]) as ports:
         named = {TUNNEL_NAMES.get(remote, str(remote)): local for remote, local in ports.items()}
         assert {"dashboard", "jupyterlab", "serve"} <= set(named), match.group(1)

@@ -24,6 +24,7 @@ from chaos_helpers import (
 )
 from cluster_helpers import (
     RAY_CLIENT,
+    VENV,
     RayCluster,
     ServeApi,
     pointer_and_model,
@@ -98,7 +99,7 @@ def test_killed_gcs_keeps_the_cluster_and_its_workers(
     print(f"\nGCS killed -> the same cluster whole again after {time.monotonic() - start:.1f} s")
     assert raylets(ray_cluster) == workers, "a worker's raylet was restarted: it left the cluster"
     assert ray_session(ray_cluster) == session, "the head started a new Ray session: a new cluster"
-    jobs = ray_cluster.ssh(ray_cluster.head, RAY_CLIENT.format("/opt/rayops/venv/bin/ray job list"))
+    jobs = ray_cluster.ssh(ray_cluster.head, RAY_CLIENT.format(f"{VENV}/bin/ray job list"))
     assert jobs.returncode == 0 and "SUCCEEDED" in jobs.stdout, jobs.stdout[-2000:] + jobs.stderr[-1000:]
     assert pointer_and_model(ray_cluster, first_run, worker_api) == (pointer, model)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from cluster_helpers import RayCluster, recap, wait_healthy
+from cluster_helpers import VENV, RayCluster, recap, wait_healthy
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
@@ -87,8 +87,7 @@ def test_changed_worker_variable_restarts_only_the_workers(ray_cluster: RayClust
         while True:
             status = ray_cluster.ssh(
                 ray_cluster.head,
-                "sudo -u ray bash -c 'set -a; . /etc/rayops/ray-client.env; set +a; "
-                "/opt/rayops/venv/bin/ray status'",
+                f"sudo -u ray bash -c 'set -a; . /etc/rayops/ray-client.env; set +a; {VENV}/bin/ray status'",
             )
             if "/5.0 CPU" in status.stdout or time.monotonic() - start > 90:
                 break

@@ -15,12 +15,11 @@ import socket
 import subprocess
 
 import pytest
-from cluster_helpers import RayCluster, recap
+from cluster_helpers import DASHBOARD_PORT, RayCluster, recap
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
 GCS_PORT = 6379
-DASHBOARD_PORT = 8265
 RAYLET_PORT = 6380  # rayops_node_manager_port: every node's raylet, on its private IP
 CONNECT_TIMEOUT_S = 3.0
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster_helpers import REPO, RayCluster
+from cluster_helpers import DASHBOARD_PORT, REPO, RayCluster
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
@@ -191,7 +191,7 @@ def test_site_run_prints_every_forward_and_changes_nothing(ray_cluster: RayClust
     assert set(recap.values()) == {"0"}, recap
     tunnel = re.search(r"Tunnel \(leave it running\): (ssh -N .*?@\d+\.\d+\.\d+\.\d+)", site_output)
     assert tunnel, site_output[-3000:]
-    for port in (8265, 8888, 8000, 9090, 9093):
+    for port in (DASHBOARD_PORT, 8888, 8000, 9090, 9093):
         assert f"-L {port}:127.0.0.1:{port}" in tunnel.group(1)
     assert "-L 3000:" not in tunnel.group(1)  # no Grafana here, so no forward for it
     assert "Prometheus: http://127.0.0.1:9090/classic/targets - no login" in site_output

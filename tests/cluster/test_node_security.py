@@ -12,11 +12,10 @@ import shlex
 import uuid
 
 import pytest
-from cluster_helpers import RayCluster
+from cluster_helpers import VENV, RayCluster
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
-VENV = "/opt/rayops/venv"
 APP = "/opt/rayops/app"
 # rayops_ray_private_dir (0700, the Ray user's) and Ray's temp dir inside it.
 PRIVATE = "/var/lib/ray/private"

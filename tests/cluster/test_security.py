@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cluster_helpers import REPO, RayCluster
+from cluster_helpers import DASHBOARD_PORT, REPO, VENV, RayCluster
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 DATASET = REPO.parent / "shared" / "data" / "powerconsumption.csv"
 RUN_ID = "rsec-s3-params"
-PY = "/opt/rayops/venv/bin/python"
+PY = f"{VENV}/bin/python"
 
 
 def http_status(url: str, headers: dict[str, str] | None = None) -> int:
@@ -71,7 +71,9 @@ def check_refused_without_token(ray_cluster: RayCluster, url: str, scheme: str, 
 
 
 def check_jobs_api_needs_the_token(ray_cluster: RayCluster) -> None:
-    check_refused_without_token(ray_cluster, "http://127.0.0.1:8265/api/jobs/", "Bearer", "ray_auth_token")
+    check_refused_without_token(
+        ray_cluster, f"http://127.0.0.1:{DASHBOARD_PORT}/api/jobs/", "Bearer", "ray_auth_token"
+    )
 
 
 def test_jobs_api_refuses_requests_without_the_token(ray_cluster: RayCluster) -> None:
@@ -166,7 +168,7 @@ def job_logs(ray_cluster: RayCluster, submission_id: str) -> str:
     token = ray_cluster.secret("ray_auth_token")
     code = (
         "import json, sys, urllib.request\n"
-        f"r = urllib.request.Request('http://127.0.0.1:8265/api/jobs/{submission_id}/logs',"
+        f"r = urllib.request.Request('http://127.0.0.1:{DASHBOARD_PORT}/api/jobs/{submission_id}/logs',"
         " headers={'Authorization': 'Bearer ' + open('/etc/rayops/ray_auth_token').read().strip()})\n"
         "print(json.load(urllib.request.urlopen(r, timeout=30))['logs'])\n"
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from cluster_helpers import DATASET, RayCluster, ServeApi, one_row, recap
+from cluster_helpers import DASHBOARD_PORT, DATASET, VENV, RayCluster, ServeApi, one_row, recap
 
 from rayops.workflow.features import feature_columns
 
@@ -40,8 +40,8 @@ def test_serve_yml_serves_the_promoted_model_on_every_route(
 def test_replicas_are_spread_over_nodes(ray_cluster: RayCluster, served: dict[str, Any]) -> None:
     out = ray_cluster.ssh(
         ray_cluster.head,
-        "sudo -u ray /opt/rayops/venv/bin/python -m rayops.serving status "
-        "--token-file /etc/rayops/ray_auth_token",
+        f"sudo -u ray {VENV}/bin/python -m rayops.serving status "
+        f"--dashboard-url http://127.0.0.1:{DASHBOARD_PORT} --token-file /etc/rayops/ray_auth_token",
     )
     assert out.returncode == 0, out.stderr
     nodes = json.loads(out.stdout)["zone1"]["deployments"]["ZoneModel"]["replicas"]

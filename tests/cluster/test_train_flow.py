@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import DATASET, RayCluster
+from cluster_helpers import DASHBOARD_PORT, DATASET, VENV, RayCluster
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 SEED_VALID_RMSE = 8029.0  # the seed lab's recorded valid RMSE (random 80/20 split)
@@ -192,7 +192,7 @@ def test_deployed_notebook_runs_on_the_head_with_the_cluster_kernel(
     run = ray_cluster.ssh(
         ray_cluster.head,
         "cd /var/lib/ray/notebooks && sudo -u ray env -i HOME=/var/lib/ray PATH=/usr/bin:/bin "
-        "/opt/rayops/venv/bin/jupyter nbconvert --to notebook --execute "
+        f"{VENV}/bin/jupyter nbconvert --to notebook --execute "
         "--ExecutePreprocessor.kernel_name=rayops --ExecutePreprocessor.timeout=1200 "
         f"--output {executed} workflow.ipynb",
         timeout=1500,
@@ -218,9 +218,9 @@ def test_ray_job_submit_runs_python_from_the_venv(ray_cluster: RayCluster) -> No
     """`ray job submit -- python ...`, as in Ray's guides, finds the venv's Python as `python` (~10 s)."""
     code = "import sys; print('RAYOPS_PY=' + sys.executable)"
     as_ray = (
-        "set -a; . /etc/rayops/ray-client.env; set +a; timeout 150 /opt/rayops/venv/bin/ray job submit "
-        f"--address http://127.0.0.1:8265 -- python -c {shlex.quote(code)}"
+        f"set -a; . /etc/rayops/ray-client.env; set +a; timeout 150 {VENV}/bin/ray job submit "
+        f"--address http://127.0.0.1:{DASHBOARD_PORT} -- python -c {shlex.quote(code)}"
     )
     out = ray_cluster.ssh(ray_cluster.head, f"sudo -u ray bash -c {shlex.quote(as_ray)}", timeout=180)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "RAYOPS_PY=/opt/rayops/venv/bin/python" in out.stdout, out.stdout[-2000:]
+    assert f"RAYOPS_PY={VENV}/bin/python" in out.stdout, out.stdout[-2000:]
