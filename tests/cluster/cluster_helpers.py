@@ -54,8 +54,16 @@ _SESSION_VARS: dict[str, Any] = yaml.safe_load((SESSION_GROUP_VARS / "all.yml").
 _ROLE_DEFAULTS: dict[str, Any] = yaml.safe_load(
     (REPO / "roles" / "rayops" / "defaults" / "main.yml").read_text(encoding="utf-8")
 )
-VENV = str(_SESSION_VARS["rayops_venv"]).replace("{{ rayops_base_dir }}", _ROLE_DEFAULTS["rayops_base_dir"])
+
+
+def _rendered(value: Any) -> str:
+    return str(value).replace("{{ rayops_base_dir }}", _ROLE_DEFAULTS["rayops_base_dir"])
+
+
+VENV = _rendered(_SESSION_VARS["rayops_venv"])
 DASHBOARD_PORT = int(_SESSION_VARS["rayops_dashboard_port"])
+DEFAULT_VENV = _rendered(_ROLE_DEFAULTS["rayops_venv"])  # what the scenario moves
+DEFAULT_DASHBOARD_PORT = int(_ROLE_DEFAULTS["rayops_dashboard_port"])
 
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 

@@ -11,12 +11,9 @@ scenario alone.
 from __future__ import annotations
 
 import pytest
-from cluster_helpers import DASHBOARD_PORT, VENV, RayCluster, recap
+from cluster_helpers import DASHBOARD_PORT, DEFAULT_DASHBOARD_PORT, DEFAULT_VENV, VENV, RayCluster, recap
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
-
-DEFAULT_VENV = "/opt/rayops/venv"  # roles/rayops's default, which the scenario moves
-DEFAULT_DASHBOARD_PORT = 8265
 
 
 def test_the_session_runs_on_the_scenarios_venv_and_dashboard_port(ray_cluster: RayCluster) -> None:
